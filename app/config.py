@@ -1,0 +1,205 @@
+"""Typed configuration, validated once at the edge with errors that name the key.
+
+`RunConfig` is the federation's run-config (`[tool.flwr.app.config]` in pyproject.toml, overridable with
+`flwr run --run-config`); `NodeConfig` is one SuperNode's `--node-config`. Both are plain frozen dataclasses: the
+rest of the code never reads a raw mapping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from app.errors import ConfigError
+
+# The offline demo: tiny embedded SmolVLA and synthetic SO-100 operators. Everything else keeps its production
+# default. A learning rate of 1e-3 suits the tiny random-weight policy (the real base is fine-tuned at 1e-4).
+EMBEDDED_OVERRIDES: dict[str, Any] = {
+    "model": "embedded:tiny",
+    "server-eval-dataset": "embedded:server-eval",
+    "partition-dataset": "embedded",
+    "lr": 1e-3,
+    "batch-size": 8,
+}
+
+
+def _int(raw: Mapping[str, Any], key: str, default: int, minimum: int = 0) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    try:
+        number = int(value) if not isinstance(value, float) or value.is_integer() else None
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return number
+
+
+def _float(raw: Mapping[str, Any], key: str, default: float, low: float = 0.0, high: float = float("inf")) -> float:
+    value = raw.get(key, default)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if isinstance(value, bool) or number is None or not low <= number <= high or number != number:
+        raise ConfigError(f"{key} must be a number in [{low}, {high}], got {value!r}")
+    return number
+
+
+def _bool(raw: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _str(raw: Mapping[str, Any], key: str, default: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    return value.strip()
+
+
+def _device(raw: Mapping[str, Any], key: str = "device") -> str:
+    value = _str(raw, key, "auto")
+    if value not in ("auto", "cpu") and not value.startswith(("cuda", "mps")):
+        raise ConfigError(f"{key} must be auto, cpu, cuda[:N] or mps, got {value!r}")
+    return value
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU: use device=cpu or auto")
+    return device
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The federation's settings, the same on the ServerApp and every ClientApp of a run."""
+
+    num_server_rounds: int = 3
+    local_epochs: int = 0  # 0: use local_steps
+    local_steps: int = 100
+    batch_size: int = 8
+    lr: float = 1e-4
+    lr_min_ratio: float = 0.1
+    weight_decay: float = 1e-10
+    grad_clip_norm: float = 10.0
+    proximal_mu: float = 0.01
+    seed: int = 42
+    model: str = "lerobot/smolvla_base"
+    server_eval_dataset: str = "hf:lerobot/svla_so100_pickplace"
+    partition_dataset: str = "embedded"
+    heldout_fraction: float = 0.2
+    fps: int = 30
+    eval_frequency: int = 1
+    checkpoint_interval: int = 10
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    min_available_nodes: int = 2
+    round_timeout: float = 3600.0
+    early_stop_patience: int = 0  # 0: never stop early
+    early_stop_min_delta: float = 0.0
+    hf_repo_id: str = ""
+    use_wandb: bool = False
+    device: str = "auto"
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> RunConfig:
+        known = {f.name.replace("_", "-") for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(f"unknown run-config key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+        d = cls()
+        config = cls(
+            num_server_rounds=_int(raw, "num-server-rounds", d.num_server_rounds, 1),
+            local_epochs=_int(raw, "local-epochs", d.local_epochs, 0),
+            local_steps=_int(raw, "local-steps", d.local_steps, 1),
+            batch_size=_int(raw, "batch-size", d.batch_size, 1),
+            lr=_float(raw, "lr", d.lr, 0.0, 1.0),
+            lr_min_ratio=_float(raw, "lr-min-ratio", d.lr_min_ratio, 0.0, 1.0),
+            weight_decay=_float(raw, "weight-decay", d.weight_decay, 0.0, 1.0),
+            grad_clip_norm=_float(raw, "grad-clip-norm", d.grad_clip_norm, 0.0),
+            proximal_mu=_float(raw, "proximal-mu", d.proximal_mu, 0.0),
+            seed=_int(raw, "seed", d.seed, 0),
+            model=_str(raw, "model", d.model),
+            server_eval_dataset=_str(raw, "server-eval-dataset", d.server_eval_dataset),
+            partition_dataset=_str(raw, "partition-dataset", d.partition_dataset),
+            heldout_fraction=_float(raw, "heldout-fraction", d.heldout_fraction, 0.01, 0.9),
+            fps=_int(raw, "fps", d.fps, 1),
+            eval_frequency=_int(raw, "eval-frequency", d.eval_frequency, 1),
+            checkpoint_interval=_int(raw, "checkpoint-interval", d.checkpoint_interval, 1),
+            fraction_train=_float(raw, "fraction-train", d.fraction_train, 0.0, 1.0),
+            min_train_nodes=_int(raw, "min-train-nodes", d.min_train_nodes, 1),
+            min_available_nodes=_int(raw, "min-available-nodes", d.min_available_nodes, 1),
+            round_timeout=_float(raw, "round-timeout", d.round_timeout, 1.0),
+            early_stop_patience=_int(raw, "early-stop-patience", d.early_stop_patience, 0),
+            early_stop_min_delta=_float(raw, "early-stop-min-delta", d.early_stop_min_delta, 0.0),
+            hf_repo_id=_str(raw, "hf-repo-id", d.hf_repo_id),
+            use_wandb=_bool(raw, "use-wandb", d.use_wandb),
+            device=_device(raw),
+        )
+        if config.fraction_train == 0.0:
+            raise ConfigError("fraction-train must be above 0: a round with no training nodes trains nothing")
+        if config.min_available_nodes < config.min_train_nodes:
+            raise ConfigError("min-available-nodes must be >= min-train-nodes")
+        if config.hf_repo_id and config.hf_repo_id.count("/") != 1:
+            raise ConfigError(f"hf-repo-id must look like <user>/<model>, got {config.hf_repo_id!r}")
+        if not config.model:
+            raise ConfigError("model must name a Hub id, a checkpoint directory or embedded:tiny")
+        return config
+
+    def steps_for(self, train_samples: int) -> int:
+        """Local optimizer steps per round: local-epochs passes over the data, else local-steps."""
+        if self.local_epochs > 0:
+            return self.local_epochs * -(-train_samples // self.batch_size)
+        return self.local_steps
+
+    def round_lr(self, server_round: int) -> float:
+        """Cosine decay of the learning rate across rounds, from lr at round 1 to lr * lr-min-ratio at the last."""
+        from app.train import lr_factor
+
+        return self.lr * lr_factor(server_round - 1, self.num_server_rounds, 0, self.lr_min_ratio)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One SuperNode's settings: where its data is (deployment) or which simulated partition it is."""
+
+    dataset_uri: str = ""
+    partition_id: int | None = None
+    num_partitions: int | None = None
+    name: str = ""
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> NodeConfig:
+        has_partition = "partition-id" in raw or "num-partitions" in raw
+        config = cls(
+            dataset_uri=_str(raw, "dataset-uri", ""),
+            partition_id=_int(raw, "partition-id", 0, 0) if has_partition else None,
+            num_partitions=_int(raw, "num-partitions", 1, 1) if has_partition else None,
+            name=_str(raw, "name", ""),
+        )
+        if not config.dataset_uri and not has_partition:
+            raise ConfigError(
+                "node-config needs dataset-uri (hf:<repo_id> or a local LeRobot dataset path), "
+                'e.g. flower-supernode --node-config "dataset-uri=/data/my_so100"'
+            )
+        if has_partition and config.partition_id >= config.num_partitions:
+            raise ConfigError(f"partition-id {config.partition_id} must be below num-partitions {config.num_partitions}")
+        return config
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.partition_id is not None:
+            return f"partition_{self.partition_id}"
+        return self.dataset_uri.rstrip("/").rsplit("/", 1)[-1]

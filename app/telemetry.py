@@ -1,0 +1,119 @@
+"""Logging: structlog to the console and, optionally, JSON lines to a file, with secrets redacted everywhere.
+
+Secrets (HF_TOKEN, WANDB_API_KEY, private keys) must never reach a log. Two guards: any event field whose name
+looks secret is masked, and the current values of the known secret variables (plus anything shaped like a
+Hugging Face token) are masked wherever they appear inside a string.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
+_SECRET_KEY = re.compile(r"(token|secret|password|api_key|private_key)", re.IGNORECASE)
+_HF_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")
+REDACTED = "***"
+
+
+def redact_text(text: str) -> str:
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, REDACTED)
+    return _HF_TOKEN_SHAPE.sub(REDACTED, text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: REDACTED if _SECRET_KEY.search(str(k)) else _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(v) for v in value)
+    return value
+
+
+def redact_secrets(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: mask secret-looking fields and secret values inside any field."""
+    return {
+        key: REDACTED if _SECRET_KEY.search(key) and value not in (None, "") else _redact_value(value)
+        for key, value in event_dict.items()
+    }
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
+_SHARED_PROCESSORS = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+    redact_secrets,
+]
+
+
+def configure_logging(level: str = "INFO", log_file: Path | None = None, console: bool = True) -> None:
+    """Route structlog and stdlib logging (Flower, LeRobot) to the console and an optional JSON-lines file.
+
+    Call once per process; calling again (say, with a log file once the run directory is known) replaces the
+    handlers instead of adding to them.
+    """
+    structlog.configure(
+        processors=[*_SHARED_PROCESSORS, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_fedvla", False):
+            root.removeHandler(handler)
+            handler.close()
+    foreign = [structlog.stdlib.ExtraAdder(), *_SHARED_PROCESSORS]
+    if console:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+                ],
+                foreign_pre_chain=foreign,
+            )
+        )
+        handler._fedvla = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.dict_tracebacks,
+                    structlog.processors.JSONRenderer(),
+                ],
+                foreign_pre_chain=foreign,
+            )
+        )
+        file_handler._fedvla = True  # type: ignore[attr-defined]
+        root.addHandler(file_handler)
+    root.setLevel(level)
+    # Foreign records are formatted by our handlers; make sure their text is redacted too.
+    for handler in root.handlers:
+        if not getattr(handler, "_fedvla", False) and handler.formatter is not None:
+            handler.setFormatter(_RedactingFormatter(handler.formatter._fmt))
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    return structlog.get_logger(name)

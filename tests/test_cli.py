@@ -1,0 +1,62 @@
+"""The command line as a user meets it: real subprocesses, real exit codes, one-line errors."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import write_dataset_with
+
+
+def fedvla(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert fragment in errors[0]
+
+
+def test_help_is_fast_and_lists_commands():
+    result = fedvla("--help")
+    assert result.returncode == 0
+    assert "train" in result.stdout
+
+
+def test_non_integer_steps():
+    assert_one_line_error(fedvla("train", "--embedded", "--steps", "ten"), "--steps: expected a positive integer, got 'ten'")
+
+
+def test_missing_dataset_path(tmp_path):
+    assert_one_line_error(fedvla("train", "--embedded", "--dataset", str(tmp_path / "nowhere")), "does not exist")
+
+
+@pytest.mark.parametrize(
+    ("drop", "action_dim", "fragment"),
+    [
+        (("observation.state",), 6, "no 'observation.state' feature"),
+        (("observation.images.front",), 6, "no camera 'observation.images.front'"),
+        ((), 4, "'action' has shape (4,), the policy expects (6,)"),
+    ],
+)
+def test_dataset_that_does_not_fit_the_policy(tmp_path, drop, action_dim, fragment):
+    root = write_dataset_with(tmp_path / "ds", drop=drop, action_dim=action_dim)
+    result = fedvla("train", "--embedded", "--dataset", str(root), "--output-dir", str(tmp_path / "out"))
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "out").exists(), "a failed validation must not leave a run directory"
+
+
+def test_standalone_training_end_to_end(tmp_path):
+    result = fedvla("train", "--embedded", "--steps", "20", "--eval-every", "10", "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "held-out loss  initial" in result.stdout
+    (run_dir,) = tmp_path.iterdir()
+    assert str(run_dir) in result.stdout
+    for name in ("train.log", "metrics.json", "loss_chart.png", "models/final/model.safetensors",
+                 "models/final/policy_preprocessor.json", "models/final/README.md"):
+        assert (run_dir / name).is_file(), name

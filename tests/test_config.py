@@ -1,0 +1,68 @@
+import pytest
+
+from app.config import EMBEDDED_OVERRIDES, NodeConfig, RunConfig
+from app.errors import ConfigError
+
+
+def test_defaults_are_production_hub_ids():
+    config = RunConfig.from_mapping({})
+    assert config.model == "lerobot/smolvla_base"
+    assert config.server_eval_dataset.startswith("hf:lerobot/")
+    assert config.checkpoint_interval == 10
+    assert config.proximal_mu == 0.01
+
+
+def test_embedded_overrides_are_valid():
+    config = RunConfig.from_mapping(EMBEDDED_OVERRIDES)
+    assert config.model == "embedded:tiny"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("num-server-rounds", 0),
+        ("num-server-rounds", "three"),
+        ("local-steps", 2.5),
+        ("lr", -1),
+        ("lr", "fast"),
+        ("proximal-mu", -0.1),
+        ("fraction-train", 0.0),
+        ("fraction-train", 1.5),
+        ("checkpoint-interval", 0),
+        ("use-wandb", "maybe"),
+        ("hf-repo-id", "no-slash"),
+        ("device", "tpu"),
+        ("batch-size", True),
+    ],
+)
+def test_bad_values_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=key):
+        RunConfig.from_mapping({key: value})
+
+
+def test_unknown_key_is_rejected_with_the_known_ones():
+    with pytest.raises(ConfigError, match="num-server-round'.*known keys"):
+        RunConfig.from_mapping({"num-server-round": 3})
+
+
+def test_steps_from_epochs_or_steps():
+    assert RunConfig.from_mapping({"local-steps": 7}).steps_for(100) == 7
+    assert RunConfig.from_mapping({"local-epochs": 2, "batch-size": 8}).steps_for(100) == 26
+
+
+def test_round_lr_decays_from_lr_to_min_ratio():
+    config = RunConfig.from_mapping({"lr": 1e-3, "lr-min-ratio": 0.1, "num-server-rounds": 5})
+    lrs = [config.round_lr(r) for r in range(1, 6)]
+    assert lrs[0] == pytest.approx(1e-3)
+    assert lrs[-1] == pytest.approx(1e-4)
+    assert lrs == sorted(lrs, reverse=True)
+
+
+def test_node_config_needs_a_dataset_or_a_partition():
+    with pytest.raises(ConfigError, match="dataset-uri"):
+        NodeConfig.from_mapping({})
+    assert NodeConfig.from_mapping({"dataset-uri": "/data/x"}).label() == "x"
+    node = NodeConfig.from_mapping({"partition-id": 1, "num-partitions": 2})
+    assert (node.partition_id, node.num_partitions, node.label()) == (1, 2, "partition_1")
+    with pytest.raises(ConfigError, match="partition-id 2"):
+        NodeConfig.from_mapping({"partition-id": 2, "num-partitions": 2})

@@ -1,0 +1,66 @@
+import pytest
+
+from app import data
+from app.data import PolicySchema
+from app.errors import DatasetError
+from tests.helpers import write_dataset_with
+
+SCHEMA = PolicySchema(6, 6, ("observation.images.front", "observation.images.wrist"), 30)
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    train, heldout = data.split_episodes(10, 0.2, seed=3)
+    assert (train, heldout) == data.split_episodes(10, 0.2, seed=3)
+    assert sorted(train + heldout) == list(range(10))
+    assert len(heldout) == 2
+    assert data.split_episodes(10, 0.2, seed=4) != (train, heldout)
+
+
+def test_split_keeps_one_episode_each_side():
+    assert data.split_episodes(2, 0.9, 0) in (([0], [1]), ([1], [0]))
+    with pytest.raises(DatasetError, match="at least 2 episodes"):
+        data.split_episodes(1, 0.2, 0)
+
+
+def test_partitions_are_disjoint_and_cover_everything():
+    parts = [data.partition_episodes(range(12), i, 3) for i in range(3)]
+    assert sorted(sum(parts, [])) == list(range(12))
+    with pytest.raises(DatasetError, match="partition-id 3"):
+        data.partition_episodes(range(12), 3, 3)
+
+
+def test_missing_path_and_non_dataset_path(tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        data.resolve_dataset_uri(str(tmp_path / "nope"))
+    with pytest.raises(DatasetError, match="meta/info.json"):
+        data.resolve_dataset_uri(str(tmp_path))
+    with pytest.raises(DatasetError, match="hf:<owner>/<name>"):
+        data.resolve_dataset_uri("hf:not-a-repo")
+    with pytest.raises(DatasetError, match="embedded datasets are"):
+        data.resolve_dataset_uri("embedded:nothing")
+
+
+@pytest.mark.parametrize(
+    ("drop", "action_dim", "fps", "message"),
+    [
+        (("observation.state",), 6, 30, "no 'observation.state' feature"),
+        (("observation.images.wrist",), 6, 30, "no camera 'observation.images.wrist'"),
+        ((), 7, 30, r"'action' has shape \(7,\), the policy expects \(6,\)"),
+        ((), 6, 15, "recorded at 15 fps, the policy expects 30 fps"),
+    ],
+)
+def test_schema_mismatch_names_the_key(tmp_path, drop, action_dim, fps, message):
+    root = write_dataset_with(tmp_path / "ds", drop=drop, action_dim=action_dim, fps=fps)
+    meta = data.open_metadata(data.resolve_dataset_uri(str(root)))
+    with pytest.raises(DatasetError, match=message):
+        data.validate_schema(meta, SCHEMA, str(root))
+
+
+def test_embedded_operator_dataset_fits_the_tiny_policy(operator0):
+    assert operator0.meta.robot_type == "so100_follower"
+    assert operator0.meta.fps == 30
+    sample = operator0.train[0]
+    assert sample["action"].shape == (10, 6)  # one action chunk of the tiny policy
+    assert sample["observation.images.front"].shape == (3, 48, 64)
+    assert operator0.train.episodes and operator0.heldout.episodes
+    assert not set(operator0.train.episodes) & set(operator0.heldout.episodes)

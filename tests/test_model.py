@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from app import model
+from app.errors import ModelError
+
+
+def test_tiny_policy_is_lerobot_smolvla_with_a_frozen_backbone(tiny_policy):
+    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+    assert isinstance(tiny_policy, SmolVLAPolicy)
+    trainable = model.trainable_state(tiny_policy)
+    total = sum(p.numel() for p in tiny_policy.parameters())
+    assert 0 < sum(t.numel() for t in trainable.values()) < total
+    assert all("lm_expert" in k or "action" in k or "state_proj" in k for k in trainable)
+
+
+def test_schema_comes_from_the_policy_config(tiny_config):
+    schema = model.policy_schema(tiny_config, 30)
+    assert (schema.state_dim, schema.action_dim) == (6, 6)
+    assert schema.cameras == ("observation.images.front", "observation.images.wrist")
+
+
+def test_trainable_state_round_trips_and_rejects_foreign_arrays(tiny_config):
+    a = model.build_policy("embedded:tiny", tiny_config)
+    b = model.build_policy("embedded:tiny", tiny_config)
+    with torch.no_grad():
+        for p in a.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    model.load_trainable_state(b, model.trainable_state(a))
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(pa, pb), name
+    with pytest.raises(ModelError, match="do not match"):
+        model.load_trainable_state(b, {"not.a.param": torch.zeros(1)})
+
+
+def test_fingerprint_tracks_frozen_weights_only(tiny_config):
+    a = model.build_policy("embedded:tiny", tiny_config)
+    b = model.build_policy("embedded:tiny", tiny_config)
+    assert model.frozen_fingerprint(a) == model.frozen_fingerprint(b)
+    with torch.no_grad():
+        next(p for p in b.parameters() if p.requires_grad).add_(1.0)
+    assert model.frozen_fingerprint(a) == model.frozen_fingerprint(b)
+    with torch.no_grad():
+        next(p for p in b.parameters() if not p.requires_grad).add_(1.0)
+    assert model.frozen_fingerprint(a) != model.frozen_fingerprint(b)
+
+
+def test_bad_model_references(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        model.resolve_model(str(tmp_path))
+    with pytest.raises(ModelError, match="neither an existing directory nor a Hub id"):
+        model.resolve_model("./missing/dir/x")
+    with pytest.raises(ModelError, match="only embedded model"):
+        model.resolve_model("embedded:huge")
