@@ -104,11 +104,130 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_node_parser(sub) -> None:
+    p = sub.add_parser("node", help="check this operator's dataset, then run flower-supernode with it")
+    p.add_argument("--superlink", required=True, help="the SuperLink's Fleet API address, host:9092")
+    p.add_argument("--dataset-uri", required=True, help="hf:<repo_id> or a local LeRobot dataset directory")
+    p.add_argument("--model", default=None, help="the federation's model setting (default lerobot/smolvla_base)")
+    p.add_argument("--fps", type=_positive_int, default=30)
+    p.add_argument("--name", default="", help="how this node appears in the server's reports")
+    tls = p.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--insecure", action="store_true", help="no TLS (loopback demos only)")
+    tls.add_argument("--root-certificates", type=Path, help="CA certificate that signed the SuperLink's")
+    p.add_argument("--auth-private-key", type=Path, help="ECDSA key registered with `flwr supernode register`")
+    p.add_argument("--clientappio-port", type=_positive_int, default=9094, help="local port for the node's ClientApps")
+    p.add_argument("--check-only", action="store_true", help="validate the dataset and exit")
+    p.set_defaults(handler=_node)
+
+
+def _node(args: argparse.Namespace) -> int:
+    import os
+    import shutil
+
+    from app.launch import config_arg
+    from app.model import DEFAULT_MODEL
+    from app.node import check_node_dataset
+
+    log.info("node_dataset_ok", detail=check_node_dataset(args.dataset_uri, args.model or DEFAULT_MODEL, args.fps))
+    if args.check_only:
+        return 0
+    node_config = {"dataset-uri": args.dataset_uri, **({"name": args.name} if args.name else {})}
+    command = [shutil.which("flower-supernode") or "flower-supernode", "--superlink", args.superlink,
+               "--node-config", config_arg(node_config), "--port", str(args.clientappio_port)]
+    if args.insecure:
+        command.append("--insecure")
+    else:
+        command += ["--root-certificates", str(args.root_certificates)]
+    if args.auth_private_key:
+        command += ["--auth-supernode-private-key", str(args.auth_private_key)]
+    log.info("supernode_exec", superlink=args.superlink, name=args.name)
+    os.execvp(command[0], command)  # the node's process becomes the SuperNode: signals reach it directly
+
+
+def _add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="a real local federation (SuperLink + SuperNodes over gRPC) on embedded data")
+    p.add_argument("--nodes", type=_positive_int, default=2, help="number of SuperNodes (operators), 2 to 4")
+    p.add_argument("--rounds", type=_positive_int, default=3)
+    p.add_argument("--local-steps", type=_positive_int, default=60)
+    p.add_argument("--run-config", default="", help="more run-config overrides, 'key=value key2=value2' (TOML values)")
+    p.add_argument("--output-dir", type=Path, default=Path("outputs"))
+    p.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.demo import run_demo
+
+    if not 2 <= args.nodes <= 4:
+        raise UserError(f"--nodes must be between 2 and 4 (one per embedded operator family), got {args.nodes}")
+    try:
+        extra = tomllib.loads("\n".join(args.run_config.split())) if args.run_config else {}
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"--run-config is not 'key=value ...' with TOML values: {exc}") from None
+    overrides = {"num-server-rounds": args.rounds, "local-steps": args.local_steps, **extra}
+    console = Console(stderr=True)
+    with console.status("starting the federation") as status:
+        result = run_demo(args.nodes, overrides, args.output_dir,
+                          on_status=lambda s: status.update(f"run {s}: see the logs above"))
+    table = Table(title=f"Federated SmolVLA: {args.nodes} SuperNodes, FedProx, run {result.status}")
+    for column in ("round", "train loss", "client eval loss", "server eval loss", "round wall s", "max compute s",
+                   "MB sent+received"):
+        table.add_column(column, justify="right")
+    initial = result.server_eval.get("0")
+    table.add_row("0", "", "", f"{initial:.4f}" if initial is not None else "", "", "", "")
+    for r in result.rounds:
+        traffic = sum((n["bytes-sent"] or 0) + (n["bytes-received"] or 0) for n in r["nodes"].values()) / 1e6
+        table.add_row(str(r["round"]), f"{r['train-loss']:.4f}", _fmt(r.get("client-eval-loss")),
+                      _fmt(r.get("server-eval-loss")), f"{r['wall-seconds']:.1f}", f"{r['max-compute-seconds']:.1f}",
+                      f"{traffic:.2f}")
+    out = Console()
+    out.print(table)
+    out.print(f"final checkpoint  {result.final_checkpoint}")
+    out.print(f"outputs           {result.run_dir}")
+    return 0 if result.status == "finished:completed" else 1
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _add_push_parser(sub) -> None:
+    p = sub.add_parser("push", help="push a saved checkpoint directory to the Hugging Face Hub (needs HF_TOKEN)")
+    p.add_argument("checkpoint", type=Path, help="e.g. outputs/<timestamp>/models/checkpoint_round_30")
+    p.add_argument("--repo-id", help="<user>/<model>; default: the run's hf-repo-id")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(handler=_push)
+
+
+def _push(args: argparse.Namespace) -> int:
+    import json
+
+    from app.hub import push_checkpoint
+
+    repo_id = args.repo_id
+    if not repo_id:
+        run_config = args.checkpoint.resolve().parent.parent / "run_config.json"
+        if run_config.exists():
+            repo_id = json.loads(run_config.read_text()).get("run-config", {}).get("hf-repo-id") or None
+    if not repo_id:
+        raise UserError("no --repo-id given and the run had no hf-repo-id: pass --repo-id <user>/<model>")
+    url = push_checkpoint(args.checkpoint, repo_id, private=args.private)
+    log.info("pushed", repo_id=repo_id, commit_url=url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedvla", description="Federated fine-tuning of SmolVLA on SO-100/SO-101 recordings.")
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_parser(sub)
+    _add_node_parser(sub)
+    _add_demo_parser(sub)
+    _add_push_parser(sub)
     return parser
 
 

@@ -111,6 +111,7 @@ class RunConfig:
     hf_repo_id: str = ""
     use_wandb: bool = False
     device: str = "auto"
+    output_dir: str = "outputs"
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> RunConfig:
@@ -146,6 +147,7 @@ class RunConfig:
             hf_repo_id=_str(raw, "hf-repo-id", d.hf_repo_id),
             use_wandb=_bool(raw, "use-wandb", d.use_wandb),
             device=_device(raw),
+            output_dir=_str(raw, "output-dir", d.output_dir),
         )
         if config.fraction_train == 0.0:
             raise ConfigError("fraction-train must be above 0: a round with no training nodes trains nothing")

@@ -56,3 +56,99 @@ def line_chart(
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+class RunOutputs:
+    """The federated run's `outputs/<timestamp>/` directory (the upstream zk0 layout):
+
+    run.log                          every server-side log record (JSON lines; Flower's own included)
+    run_config.json                  the run-config the run was started with
+    server/server.log                this app's server-side records only
+    server/round_N_server_eval.json  server-side evaluation of the global model after round N (0: before training)
+    server/eval_policy_loss_history.json, eval_policy_loss_chart.png   server and per-client eval loss by round
+    server/federated_metrics.json, federated_metrics.png               per-round wall time, compute, bytes, losses
+    clients/client_<name>/client.log, round_N.json                     each node's replies, as the server got them
+    models/checkpoint_round_N/       LeRobot checkpoints (see app.checkpoint)
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.server = root / "server"
+        self.clients = root / "clients"
+        self.models = root / "models"
+        for directory in (self.server, self.clients, self.models):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.rounds: list[dict] = []
+        self.server_eval: dict[int, float] = {}
+        self.client_eval: dict[str, dict[int, float]] = {}
+        self._client_rounds: dict[tuple[str, int], dict] = {}
+
+    @classmethod
+    def create(cls, base: Path, run_config: Mapping, run_id: int) -> RunOutputs:
+        outputs = cls(new_run_dir(base))
+        write_json_atomic(outputs.root / "run_config.json", {"run-id": run_id, "run-config": dict(run_config)})
+        return outputs
+
+    @property
+    def run_log(self) -> Path:
+        return self.root / "run.log"
+
+    @property
+    def server_log(self) -> Path:
+        return self.server / "server.log"
+
+    def client_dir(self, name: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+        return self.clients / f"client_{safe}"
+
+    def record_client_reply(self, kind: str, server_round: int, name: str, node_id: int, dataset: str,
+                            metrics: dict[str, float]) -> None:
+        import json
+
+        directory = self.client_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        entry = self._client_rounds.setdefault((name, server_round), {"round": server_round, "node_id": node_id,
+                                                                      "dataset": dataset})
+        entry[kind] = metrics
+        write_json_atomic(directory / f"round_{server_round}.json", entry)
+        line = {"timestamp": dt.datetime.now(dt.UTC).isoformat(), "event": f"{kind}_reply", "round": server_round,
+                "node_id": node_id, "dataset": dataset, **metrics}
+        with open(directory / "client.log", "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+        if kind == "evaluate" and "eval-loss" in metrics:
+            self.client_eval.setdefault(name, {})[server_round] = metrics["eval-loss"]
+
+    def record_server_eval(self, server_round: int, metrics: dict[str, float]) -> None:
+        self.server_eval[server_round] = metrics["eval-loss"]
+        write_json_atomic(self.server / f"round_{server_round}_server_eval.json", {"round": server_round, **metrics})
+
+    def record_round(self, summary: dict) -> None:
+        self.rounds.append(summary)
+        write_json_atomic(self.server / "federated_metrics.json", {"rounds": self.rounds})
+
+    def write_history_and_charts(self) -> None:
+        history = {
+            "server": {str(r): v for r, v in sorted(self.server_eval.items())},
+            "clients": {name: {str(r): v for r, v in sorted(c.items())} for name, c in sorted(self.client_eval.items())},
+        }
+        write_json_atomic(self.server / "eval_policy_loss_history.json", history)
+        series = {"server": tuple(zip(*sorted(self.server_eval.items()))) or ((), ())}
+        for name, losses in sorted(self.client_eval.items()):
+            series[f"client {name}"] = tuple(zip(*sorted(losses.items())))
+        line_chart(self.server / "eval_policy_loss_chart.png", series, "Held-out policy loss", "round", "loss")
+        rounds = [r["round"] for r in self.rounds]
+        line_chart(
+            self.server / "federated_metrics.png",
+            {
+                "train loss (weighted)": (rounds, [_nan(r.get("train-loss")) for r in self.rounds]),
+                "client eval loss (weighted)": (rounds, [_nan(r.get("client-eval-loss")) for r in self.rounds]),
+                "server eval loss": (rounds, [_nan(r.get("server-eval-loss")) for r in self.rounds]),
+            },
+            "Federated metrics",
+            "round",
+            "loss",
+        )
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)

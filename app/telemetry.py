@@ -62,8 +62,11 @@ _SHARED_PROCESSORS = [
 ]
 
 
-def configure_logging(level: str = "INFO", log_file: Path | None = None, console: bool = True) -> None:
-    """Route structlog and stdlib logging (Flower, LeRobot) to the console and an optional JSON-lines file.
+def configure_logging(
+    level: str = "INFO", log_file: Path | None = None, console: bool = True, app_log_file: Path | None = None
+) -> None:
+    """Route structlog and stdlib logging (Flower, LeRobot) to the console and optional JSON-lines files:
+    `log_file` gets every record, `app_log_file` only this project's (loggers named app.*).
 
     Call once per process; calling again (say, with a log file once the run directory is known) replaces the
     handlers instead of adding to them.
@@ -93,9 +96,11 @@ def configure_logging(level: str = "INFO", log_file: Path | None = None, console
         )
         handler._fedvla = True  # type: ignore[attr-defined]
         root.addHandler(handler)
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    for path, only in ((log_file, None), (app_log_file, "app")):
+        if path is None:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(path, encoding="utf-8")
         file_handler.setFormatter(
             structlog.stdlib.ProcessorFormatter(
                 processors=[
@@ -106,9 +111,13 @@ def configure_logging(level: str = "INFO", log_file: Path | None = None, console
                 foreign_pre_chain=foreign,
             )
         )
+        if only is not None:
+            file_handler.addFilter(logging.Filter(only))
         file_handler._fedvla = True  # type: ignore[attr-defined]
         root.addHandler(file_handler)
     root.setLevel(level)
+    for chatty in ("httpx", "httpcore", "filelock", "urllib3"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     # Foreign records are formatted by our handlers; make sure their text is redacted too.
     for handler in root.handlers:
         if not getattr(handler, "_fedvla", False) and handler.formatter is not None:

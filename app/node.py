@@ -1,0 +1,158 @@
+"""What a federation participant does with plain Python objects: the learning side of a ClientApp and of the
+ServerApp's evaluation. Knows nothing of Flower; client_app.py and server_app.py translate messages to calls.
+
+Flower starts one ClientApp process per message in a deployment (and reuses Ray workers in a simulation), so a
+`Learner` is cached per process and built from what is on the node's disk: the model directory, the dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import NodeConfig, RunConfig, resolve_device
+from app.errors import ConfigError
+from app.telemetry import get_logger
+
+log = get_logger(__name__)
+
+NORMALIZED_KEYS = ("observation.state", "action")  # SmolVLA normalizes state and action; images pass through
+STAT_FIELDS = ("mean", "std", "min", "max", "count")
+
+
+def flatten_stats(stats: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+    """LeRobot stats -> {"observation.state/mean": [...], ...}: the part a federation shares, as plain lists."""
+    import numpy as np
+
+    flat = {}
+    for key in NORMALIZED_KEYS:
+        for field in STAT_FIELDS:
+            flat[f"{key}/{field}"] = np.asarray(stats[key][field], dtype=np.float64).reshape(-1).tolist()
+    return flat
+
+
+def unflatten_stats(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    import numpy as np
+
+    stats: dict[str, dict[str, Any]] = {}
+    for name, values in flat.items():
+        key, field = name.rsplit("/", 1)
+        stats.setdefault(key, {})[field] = np.asarray(values, dtype=np.float64)
+    return stats
+
+
+def federated_stats(per_node: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Combine the nodes' stats into the federation's (count-weighted, as LeRobot merges datasets)."""
+    from lerobot.datasets.compute_stats import aggregate_stats
+
+    return flatten_stats(aggregate_stats([unflatten_stats(s) for s in per_node]))
+
+
+def node_dataset_uri(run: RunConfig, node: NodeConfig) -> tuple[str, tuple[int, int] | None]:
+    """Which dataset (and which share of it) a node trains on."""
+    if node.dataset_uri:
+        return node.dataset_uri, None
+    if run.partition_dataset == "embedded":
+        return f"embedded:operator-{node.partition_id}", None
+    if not run.partition_dataset:
+        raise ConfigError("partition-dataset must be 'embedded' or a dataset URI to split among simulated nodes")
+    return run.partition_dataset, (node.partition_id, node.num_partitions)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    arrays: dict  # name -> torch.Tensor, the trainable parameters after local training
+    metrics: dict[str, float]
+
+
+class Learner:
+    """A SmolVLA policy bound to one dataset: trains and evaluates rounds given global weights and stats."""
+
+    def __init__(self, run: RunConfig, dataset_uri: str, partition: tuple[int, int] | None = None):
+        from app import model as models
+        from app.data import load_node_data
+
+        self.run = run
+        self.device = resolve_device(run.device)
+        self.config = models.load_config(run.model, self.device)
+        self.data = load_node_data(
+            dataset_uri,
+            models.policy_schema(self.config, run.fps),
+            lambda meta: models.delta_timestamps(self.config, meta),
+            run.heldout_fraction,
+            run.seed,
+            partition,
+        )
+        self.policy = models.build_policy(run.model, self.config)
+        self.fingerprint = models.frozen_fingerprint(self.policy)
+
+    def local_stats(self) -> dict[str, list[float]]:
+        return flatten_stats(self.data.meta.stats)
+
+    def _prepare(self, arrays: dict, stats: dict[str, Any]):
+        from app import model as models
+
+        models.load_trainable_state(self.policy, arrays)
+        return models.build_processors(self.config, unflatten_stats(stats))
+
+    def train_round(self, arrays: dict, stats: dict[str, Any], lr: float, server_round: int) -> RoundResult:
+        from app import model as models
+        from app.train import TrainSettings, train
+
+        preprocessor, _ = self._prepare(arrays, stats)
+        settings = TrainSettings(
+            steps=self.run.steps_for(len(self.data.train)),
+            batch_size=self.run.batch_size,
+            lr=lr,
+            lr_min_ratio=1.0,  # the server schedules the learning rate across rounds
+            weight_decay=self.run.weight_decay,
+            grad_clip_norm=self.run.grad_clip_norm,
+            proximal_mu=self.run.proximal_mu,
+            seed=self.run.seed + server_round,
+        )
+        result = train(self.policy, preprocessor, self.data.train, settings, reference=arrays)
+        return RoundResult(
+            arrays={k: v.to("cpu") for k, v in models.trainable_state(self.policy).items()},
+            metrics={
+                "train-loss": result.loss,
+                "train-loss-last": result.losses[-1],
+                "num-examples": result.samples,
+                "steps": result.steps,
+                "compute-seconds": result.seconds,
+            },
+        )
+
+    def evaluate(self, arrays: dict, stats: dict[str, Any]) -> dict[str, float]:
+        from app.evaluate import evaluate
+
+        preprocessor, _ = self._prepare(arrays, stats)
+        result = evaluate(self.policy, preprocessor, self.data.heldout, batch_size=max(8, self.run.batch_size))
+        return {"eval-loss": result.loss, "num-examples": result.samples}
+
+
+@functools.lru_cache(maxsize=2)
+def cached_learner(run: RunConfig, dataset_uri: str, partition: tuple[int, int] | None) -> Learner:
+    start = time.perf_counter()
+    learner = Learner(run, dataset_uri, partition)
+    log.info("learner_ready", dataset=dataset_uri, partition=partition, seconds=round(time.perf_counter() - start, 2))
+    return learner
+
+
+def learner_for(run: RunConfig, node: NodeConfig) -> Learner:
+    uri, partition = node_dataset_uri(run, node)
+    return cached_learner(run, uri, partition)
+
+
+def check_node_dataset(dataset_uri: str, model: str, fps: int) -> str:
+    """What an operator's SuperNode checks before it joins: the dataset opens and fits the federation's policy.
+    Returns a one-line description; raises a UserError naming the problem otherwise."""
+    from app import model as models
+    from app.data import open_metadata, resolve_dataset_uri, validate_schema
+
+    config = models.load_config(model)
+    ref = resolve_dataset_uri(dataset_uri)
+    meta = open_metadata(ref)
+    validate_schema(meta, models.policy_schema(config, fps), dataset_uri)
+    return f"{dataset_uri}: {meta.total_episodes} episodes, {meta.total_frames} frames at {meta.fps} fps"

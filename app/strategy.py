@@ -1,0 +1,133 @@
+"""FedProx for SmolVLA: Flower's FedProx, plus what a production federation of robot operators needs.
+
+- every message carries the federation's normalization stats, the round's learning rate and the fingerprint of
+  the frozen base model (a node with a different base refuses to train instead of poisoning the average);
+- evaluation messages go out only every `eval-frequency` rounds (and in the last round);
+- replies are checked before they are averaged: a failed node, a reply with missing or non-finite arrays, or a
+  zero sample count is dropped and logged, not averaged in;
+- each node's reply metrics are kept per round for the run report.
+Aggregation itself is Flower's: a sample-weighted average of the trainable arrays.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedProx
+
+from app.config import RunConfig
+from app.telemetry import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class NodeReport:
+    node_id: int
+    name: str
+    dataset: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def node_report(msg: Message) -> NodeReport:
+    info = msg.content.config_records.get("node", ConfigRecord())
+    metrics = next(iter(msg.content.metric_records.values()), MetricRecord())
+    return NodeReport(
+        node_id=msg.metadata.src_node_id,
+        name=str(info.get("node-name", msg.metadata.src_node_id)),
+        dataset=str(info.get("dataset", "")),
+        metrics={k: float(v) for k, v in metrics.items() if not isinstance(v, list)},
+    )
+
+
+def reply_problem(msg: Message, expected_keys: set[str] | None) -> str | None:
+    """Why a reply must not be used, or None if it is fine."""
+    if msg.has_error():
+        return f"node error: {msg.error.reason}"
+    metrics = next(iter(msg.content.metric_records.values()), None)
+    if metrics is None or float(metrics.get("num-examples", 0)) <= 0:
+        return "reply has no positive num-examples"
+    if expected_keys is None:
+        return None
+    arrays = msg.content.array_records.get("arrays")
+    if arrays is None or set(arrays.keys()) != expected_keys:
+        return "reply arrays do not match the model's trainable parameters"
+    for name, array in arrays.items():
+        if not np.isfinite(array.numpy()).all():
+            return f"array {name!r} holds NaN or inf"
+    return None
+
+
+class FedVLA(FedProx):
+    def __init__(
+        self,
+        run: RunConfig,
+        base_fingerprint: str,
+        norm_stats: dict[str, list[float]],
+        trainable_keys: set[str],
+        on_replies: Callable[[str, int, list[NodeReport]], None] | None = None,
+    ):
+        super().__init__(
+            fraction_train=run.fraction_train,
+            fraction_evaluate=1.0,
+            min_train_nodes=run.min_train_nodes,
+            min_evaluate_nodes=run.min_train_nodes,
+            min_available_nodes=run.min_available_nodes,
+            proximal_mu=run.proximal_mu,
+        )
+        self.run = run
+        self.base_fingerprint = base_fingerprint
+        self.norm_stats = ConfigRecord(norm_stats)
+        self.trainable_keys = trainable_keys
+        self.on_replies = on_replies
+        self.dropped: dict[int, list[str]] = defaultdict(list)
+
+    def _with_shared_records(self, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        for msg in messages:  # all messages of a round share one RecordDict; setting it once is enough
+            msg.content["norm-stats"] = self.norm_stats
+            msg.content["config"]["base-fingerprint"] = self.base_fingerprint
+        return messages
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        config["lr"] = self.run.round_lr(server_round)
+        return self._with_shared_records(super().configure_train(server_round, arrays, config, grid))
+
+    def is_eval_round(self, server_round: int) -> bool:
+        return server_round % self.run.eval_frequency == 0 or server_round == self.run.num_server_rounds
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        if not self.is_eval_round(server_round):
+            return []
+        return self._with_shared_records(super().configure_evaluate(server_round, arrays, config, grid))
+
+    def _screen(self, kind: str, server_round: int, replies: Iterable[Message], keys: set[str] | None) -> list[Message]:
+        good, reports = [], []
+        for msg in replies:
+            problem = reply_problem(msg, keys)
+            if problem is None:
+                good.append(msg)
+                reports.append(node_report(msg))
+            else:
+                self.dropped[server_round].append(f"{kind} node {msg.metadata.src_node_id}: {problem}")
+                log.warning("reply_dropped", kind=kind, round=server_round, node_id=msg.metadata.src_node_id, why=problem)
+        if self.on_replies is not None:
+            self.on_replies(kind, server_round, reports)
+        return good
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        good = self._screen("train", server_round, replies, self.trainable_keys)
+        if not good:
+            return None, None
+        return super().aggregate_train(server_round, good)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        good = self._screen("evaluate", server_round, replies, None)
+        if not good:
+            return None
+        return super().aggregate_evaluate(server_round, good)
