@@ -175,7 +175,7 @@ def _demo(args: argparse.Namespace) -> int:
                           on_status=lambda s: status.update(f"run {s}: see the logs above"))
     table = Table(title=f"Federated SmolVLA: {args.nodes} SuperNodes, FedProx, run {result.status}")
     for column in ("round", "train loss", "client eval loss", "server eval loss", "round wall s", "max compute s",
-                   "MB sent+received"):
+                   "MB moved"):
         table.add_column(column, justify="right")
     initial = result.server_eval.get("0")
     table.add_row("0", "", "", f"{initial:.4f}" if initial is not None else "", "", "", "")

@@ -60,6 +60,11 @@ class EarlyStop:
         return self.patience > 0 and self.stale >= self.patience
 
 
+def should_checkpoint(server_round: int, run: RunConfig, stopping: bool) -> bool:
+    """Every checkpoint-interval rounds, and always the last round (the planned last, or an early stop)."""
+    return server_round % run.checkpoint_interval == 0 or server_round == run.num_server_rounds or stopping
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     from app import model as models
@@ -143,7 +148,7 @@ def main(grid: Grid, context: Context) -> None:
         log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
         last_round = server_round
         stop = "server-eval-loss" in summary and early_stop.should_stop(summary["server-eval-loss"])
-        if server_round % run.checkpoint_interval == 0 or server_round == run.num_server_rounds or stop:
+        if should_checkpoint(server_round, run, stop):
             final = checkpoint(server_round, {"server-eval-loss": outputs.server_eval.get(server_round),
                                               "train-loss": summary["train-loss"]})
         if stop:

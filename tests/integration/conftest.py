@@ -1,0 +1,56 @@
+"""Integration tests start real Flower processes (SuperLink, SuperNodes, simulation engine) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+LAYOUT = [
+    "run.log",
+    "run_config.json",
+    "server/server.log",
+    "server/round_0_server_eval.json",
+    "server/eval_policy_loss_history.json",
+    "server/eval_policy_loss_chart.png",
+    "server/federated_metrics.json",
+    "server/federated_metrics.png",
+]
+
+
+def assert_run_outputs(run_dir: Path, rounds: int, clients: list[str]) -> dict:
+    """The upstream outputs layout is complete; returns federated_metrics.json."""
+    for name in LAYOUT + [f"server/round_{r}_server_eval.json" for r in range(1, rounds + 1)]:
+        assert (run_dir / name).is_file(), name
+    for client in clients:
+        for name in ["client.log"] + [f"round_{r}.json" for r in range(1, rounds + 1)]:
+            assert (run_dir / "clients" / f"client_{client}" / name).is_file(), (client, name)
+    checkpoint = run_dir / "models" / f"checkpoint_round_{rounds}"
+    for name in ("model.safetensors", "config.json", "policy_preprocessor.json", "README.md", "metrics.json"):
+        assert (checkpoint / name).is_file(), name
+    metrics = json.loads((run_dir / "server" / "federated_metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == list(range(1, rounds + 1))
+    for r in metrics["rounds"]:
+        assert r["wall-seconds"] >= r["max-compute-seconds"] > 0
+        assert sorted(r["nodes"]) == sorted(clients)
+        assert all(n["bytes-sent"] > 0 and n["bytes-received"] > 0 for n in r["nodes"].values())
+    return metrics
+
+
+def server_eval(run_dir: Path, server_round: int) -> float:
+    return json.loads((run_dir / "server" / f"round_{server_round}_server_eval.json").read_text())["eval-loss"]
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
+
+
+def run_cli(*args: str, timeout: int = 1200, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, **kwargs)

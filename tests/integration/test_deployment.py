@@ -1,0 +1,71 @@
+"""(b) A real deployment: `fedvla demo` starts flower-superlink and SuperNodes as processes that talk gRPC on
+127.0.0.1, submits the app with `flwr run`, and must leave a complete run behind."""
+
+import subprocess
+
+import pytest
+
+from app import model
+from app.checkpoint import load_checkpoint
+from app.config import RunConfig
+from app.evaluate import evaluate
+from app.node import Learner
+from tests.helpers import write_dataset_with
+from tests.integration.conftest import assert_run_outputs, run_cli, server_eval
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("outputs")
+    result = run_cli("demo", "--rounds", "2", "--local-steps", "30", "--output-dir", str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return result, run_dir
+
+
+def test_demo_completes_and_prints_a_summary(demo_run):
+    result, run_dir = demo_run
+    assert "finished:completed" in result.stdout
+    assert f"outputs           {run_dir}" in result.stdout
+    assert "checkpoint_round_2" in result.stdout
+
+
+def test_outputs_layout_and_learning(demo_run):
+    _, run_dir = demo_run
+    assert_run_outputs(run_dir, 2, ["operator_0", "operator_1"])
+    assert server_eval(run_dir, 2) < server_eval(run_dir, 0)
+    assert (run_dir / "processes" / "superlink.log").is_file()
+
+
+def test_every_process_it_started_is_gone(demo_run):
+    _, run_dir = demo_run
+    left = subprocess.run(["pgrep", "-f", "fedvla-demo-"], capture_output=True, text=True).stdout.split()
+    assert left == []
+
+
+def test_final_checkpoint_reloads_and_reproduces_the_server_eval_loss(demo_run):
+    _, run_dir = demo_run
+    policy, preprocessor, _ = load_checkpoint(run_dir / "models" / "checkpoint_round_2")
+    run = RunConfig.from_mapping({"model": "embedded:tiny", "server-eval-dataset": "embedded:server-eval"})
+    heldout = Learner(run, run.server_eval_dataset).data.heldout  # the same split the server evaluated on
+    assert evaluate(policy, preprocessor, heldout, batch_size=8).loss == pytest.approx(server_eval(run_dir, 2), rel=1e-5)
+    assert model.frozen_fingerprint(policy) == Learner(run, run.server_eval_dataset).fingerprint
+
+
+def test_invalid_run_config_fails_before_anything_starts(tmp_path):
+    result = run_cli("demo", "--run-config", "proximal-mu=-1", "--output-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert "proximal-mu must be a number" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_node_with_a_bad_dataset_stops_before_joining(tmp_path):
+    bad = write_dataset_with(tmp_path / "ds", drop=("observation.images.wrist",))
+    result = run_cli("node", "--superlink", "127.0.0.1:9", "--insecure", "--dataset-uri", str(bad),
+                     "--model", "embedded:tiny", timeout=300)
+    assert result.returncode == 2
+    assert "no camera 'observation.images.wrist'" in result.stderr
+    assert "supernode_exec" not in result.stderr

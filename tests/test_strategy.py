@@ -1,0 +1,93 @@
+import time
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from app.config import RunConfig
+from app.strategy import FedVLA, reply_problem
+
+KEYS = {"w", "b"}
+
+
+@pytest.fixture(autouse=True)
+def run_identity():
+    """Messages are stamped with the current run, as inside a ServerApp."""
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+
+
+def _from_node(node_id: int) -> Metadata:
+    return Metadata(run_id=1, message_id="", src_node_id=node_id, dst_node_id=0, reply_to_message_id="m",
+                    group_id="1", created_at=time.time(), ttl=600, message_type="train")
+
+
+def train_reply(node_id: int, value: float, examples: int, name: str = "", keys=KEYS) -> Message:
+    arrays = ArrayRecord({k: Array(np.full((2,), value, dtype=np.float32)) for k in sorted(keys)})
+    content = RecordDict({
+        "arrays": arrays,
+        "metrics": MetricRecord({"num-examples": examples, "train-loss": value}),
+        "node": ConfigRecord({"node-name": name or f"n{node_id}", "dataset": "d"}),
+    })
+    return Message(content=content, metadata=_from_node(node_id))
+
+
+def strategy(**run_overrides) -> tuple[FedVLA, list]:
+    seen = []
+    run = RunConfig.from_mapping({"num-server-rounds": 4, **run_overrides})
+    s = FedVLA(run, "abc123", {"action/mean": [0.0]}, KEYS, lambda kind, rnd, reports: seen.append((kind, rnd, reports)))
+    return s, seen
+
+
+def test_aggregation_is_weighted_by_samples():
+    s, seen = strategy()
+    arrays, metrics = s.aggregate_train(1, [train_reply(1, 1.0, 30), train_reply(2, 4.0, 10)])
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.75, 1.75])
+    assert metrics["train-loss"] == pytest.approx(1.75)
+    assert [r.name for r in seen[0][2]] == ["n1", "n2"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        (train_reply(3, float("nan"), 10), "NaN or inf"),
+        (train_reply(3, 1.0, 0), "no positive num-examples"),
+        (train_reply(3, 1.0, 10, keys={"w"}), "do not match"),
+        (Message(error=Error(code=0, reason="dataset broke"), metadata=_from_node(3)), "dataset broke"),
+    ],
+)
+def test_bad_replies_are_dropped_not_averaged(bad, why):
+    s, _ = strategy()
+    assert why in reply_problem(bad, KEYS)
+    arrays, _ = s.aggregate_train(1, [train_reply(1, 1.0, 10), bad])
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0, 1.0])
+    assert why in s.dropped[1][0]
+
+
+def test_a_round_with_only_bad_replies_aggregates_nothing():
+    s, _ = strategy()
+    assert s.aggregate_train(1, [train_reply(1, float("inf"), 10)]) == (None, None)
+
+
+class FakeGrid:
+    def get_node_ids(self):
+        return [1, 2]
+
+
+def test_train_messages_carry_lr_fingerprint_stats_and_mu():
+    s, _ = strategy(lr=1e-3)
+    (msg, _) = s.configure_train(1, ArrayRecord({"w": Array(np.zeros(2))}), ConfigRecord(), FakeGrid())
+    config = msg.content["config"]
+    assert config["lr"] == pytest.approx(1e-3)
+    assert config["base-fingerprint"] == "abc123"
+    assert config["proximal-mu"] == pytest.approx(0.01)
+    assert list(msg.content["norm-stats"]["action/mean"]) == [0.0]
+
+
+def test_evaluation_only_every_eval_frequency_rounds_and_at_the_end():
+    s, _ = strategy(**{"eval-frequency": 3})
+    arrays = ArrayRecord({"w": Array(np.zeros(2))})
+    sent = [r for r in range(1, 5) if s.configure_evaluate(r, arrays, ConfigRecord(), FakeGrid())]
+    assert sent == [3, 4]
