@@ -94,7 +94,7 @@ def _train(args: argparse.Namespace) -> int:
     ) as bar:
         task = bar.add_task("train", total=cfg.steps, loss=float("nan"))
         summary = run_standalone(cfg, progress=lambda done, total, loss: bar.update(task, completed=done, loss=loss))
-    out = Console()
+    out = Console(soft_wrap=True)  # paths stay whole, to be copied
     out.print(f"[bold]Standalone training[/bold]: {cfg.steps} steps of {cfg.model} on {cfg.dataset}")
     out.print(f"  held-out loss  initial {summary.initial_heldout_loss:.4f}  ->  final {summary.final_heldout_loss:.4f}"
               f"  ({summary.final_heldout_loss / summary.initial_heldout_loss:.0%} of initial)")
@@ -184,7 +184,7 @@ def _demo(args: argparse.Namespace) -> int:
         table.add_row(str(r["round"]), f"{r['train-loss']:.4f}", _fmt(r.get("client-eval-loss")),
                       _fmt(r.get("server-eval-loss")), f"{r['wall-seconds']:.1f}", f"{r['max-compute-seconds']:.1f}",
                       f"{traffic:.2f}")
-    out = Console()
+    out = Console(soft_wrap=True)  # paths stay whole, to be copied
     out.print(table)
     out.print(f"final checkpoint  {result.final_checkpoint}")
     out.print(f"outputs           {result.run_dir}")

@@ -40,12 +40,14 @@ def line_chart(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for name, (xs, ys) in series.items():
         if xs:
             ax.plot(list(xs), list(ys), marker="o", markersize=3, label=name, linewidth=2 if name == "server" else 1.2)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if series:
         ax.legend(loc="best", fontsize=8)
