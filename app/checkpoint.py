@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.errors import UserError
+
 
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +85,29 @@ def load_checkpoint(directory: Path, device: str = "cpu"):
         config, pretrained_path=str(directory), preprocessor_overrides={"device_processor": {"device": device}}
     )
     return policy, preprocessor, postprocessor
+
+
+def checkpoint_round(directory: Path) -> int:
+    """The federated round a checkpoint was written after (from its metrics.json)."""
+    metrics = directory / "metrics.json"
+    if not metrics.is_file() or "round" not in (data := json.loads(metrics.read_text())):
+        raise UserError(f"{str(directory)!r} is not a checkpoint of a federated run (no round in metrics.json)")
+    return int(data["round"])
+
+
+def load_arrays(directory: Path, names: set[str]) -> dict:
+    """The named tensors of a checkpoint's model.safetensors: what a resumed run starts from."""
+    from safetensors.torch import load_file
+
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise UserError(f"{str(directory)!r} has no model.safetensors: point resume-from at a checkpoint_round_N directory")
+    tensors = load_file(weights)
+    missing = sorted(names - set(tensors))
+    if missing:
+        raise UserError(f"checkpoint {str(directory)!r} lacks {len(missing)} trainable arrays (e.g. {missing[0]!r}): "
+                        "it was made from a different model")
+    return {name: tensors[name] for name in names}
 
 
 def list_checkpoints(models_dir: Path) -> list[tuple[int, Path]]:

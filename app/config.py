@@ -112,6 +112,7 @@ class RunConfig:
     use_wandb: bool = False
     device: str = "auto"
     output_dir: str = "outputs"
+    resume_from: str = ""  # a checkpoint directory of an earlier run, on the server's machine
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> RunConfig:
@@ -148,6 +149,7 @@ class RunConfig:
             use_wandb=_bool(raw, "use-wandb", d.use_wandb),
             device=_device(raw),
             output_dir=_str(raw, "output-dir", d.output_dir),
+            resume_from=_str(raw, "resume-from", d.resume_from),
         )
         if config.fraction_train == 0.0:
             raise ConfigError("fraction-train must be above 0: a round with no training nodes trains nothing")

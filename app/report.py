@@ -128,6 +128,33 @@ class RunOutputs:
         self.rounds.append(summary)
         write_json_atomic(self.server / "federated_metrics.json", {"rounds": self.rounds})
 
+    def model_card(self, run, server_round: int, node_datasets: dict[str, str], summary: dict) -> str:
+        from app.checkpoint import render_model_card
+
+        facts = {
+            "base model": run.model,
+            "rounds": server_round,
+            "nodes (datasets)": ", ".join(f"{n} ({d})" for n, d in sorted(node_datasets.items())),
+            "strategy": f"FedProx, proximal-mu {run.proximal_mu}, sample-weighted",
+            "local steps per round": run.local_steps if run.local_epochs == 0 else f"{run.local_epochs} epochs",
+            "batch size": run.batch_size,
+            "learning rate": f"{run.lr} (cosine over rounds to x{run.lr_min_ratio})",
+            "server eval dataset": run.server_eval_dataset,
+            "seed": run.seed,
+            "run outputs": str(self.root),
+        }
+        metrics = {"server eval loss (initial)": self.server_eval.get(0),
+                   "server eval loss": summary.get("server-eval-loss"),
+                   "client eval loss (weighted)": summary.get("client-eval-loss"),
+                   "train loss (weighted)": summary.get("train-loss")}
+        return render_model_card(
+            f"SmolVLA federated fine-tune, round {server_round}",
+            "SmolVLA fine-tuned with federated learning (Flower, FedProx): each operator trained on its own "
+            "SO-100 recordings, which never left its machine; only trainable weights were exchanged.",
+            facts,
+            {k: v for k, v in metrics.items() if v is not None},
+        )
+
     def write_history_and_charts(self) -> None:
         history = {
             "server": {str(r): v for r, v in sorted(self.server_eval.items())},
@@ -154,3 +181,30 @@ class RunOutputs:
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
+
+
+def round_summary(server_round: int, lr: float, wall_seconds: float, train_metrics, client_eval, server_eval,
+                  per_node: dict[str, dict], dropped: list[str]) -> dict:
+    """One round of federated_metrics.json: the averaged metrics and, per node, loss, samples, compute and bytes."""
+    nodes = {}
+    for name, kinds in per_node.items():
+        train, evaluate = kinds.get("train", {}), kinds.get("evaluate", {})
+        nodes[name] = {
+            "train-loss": train.get("train-loss"),
+            "eval-loss": evaluate.get("eval-loss"),
+            "samples": train.get("num-examples"),
+            "compute-seconds": train.get("compute-seconds"),
+            "bytes-received": train.get("bytes-received"),
+            "bytes-sent": train.get("bytes-sent"),
+        }
+    return {
+        "round": server_round,
+        "lr": lr,
+        "wall-seconds": wall_seconds,
+        "max-compute-seconds": max((n["compute-seconds"] or 0.0 for n in nodes.values()), default=0.0),
+        "train-loss": float(train_metrics["train-loss"]),
+        "client-eval-loss": float(client_eval["eval-loss"]) if client_eval else None,
+        "server-eval-loss": float(server_eval["eval-loss"]) if server_eval else None,
+        "nodes": nodes,
+        "dropped": dropped,
+    }

@@ -65,92 +65,98 @@ def should_checkpoint(server_round: int, run: RunConfig, stopping: bool) -> bool
     return server_round % run.checkpoint_interval == 0 or server_round == run.num_server_rounds or stopping
 
 
+def resume(server, run: RunConfig) -> int:
+    """Load the global weights of `resume-from` into the server's policy; returns the rounds already done (0 if
+    starting fresh). The round count, the learning-rate schedule and checkpoint numbering carry on from there."""
+    from app import model as models
+    from app.checkpoint import checkpoint_round, load_arrays
+    from app.errors import ConfigError
+
+    if not run.resume_from:
+        return 0
+    directory = Path(run.resume_from).expanduser()
+    done = checkpoint_round(directory)
+    if done >= run.num_server_rounds:
+        raise ConfigError(f"resume-from is at round {done}; set num-server-rounds above it to train more")
+    names = set(models.trainable_state(server.policy))
+    models.load_trainable_state(server.policy, load_arrays(directory, names))
+    log.info("resumed", checkpoint=str(directory), rounds_done=done)
+    return done
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from app import model as models
-    from app.checkpoint import render_model_card, save_checkpoint
-    from app.hub import push_checkpoint, should_push
-    from app.node import Learner, unflatten_stats
     from app.report import RunOutputs
-    from app.strategy import FedVLA
 
     run = RunConfig.from_mapping(context.run_config)
     outputs = RunOutputs.create(Path(run.output_dir), context.run_config, run_id=context.run_id)
     configure_logging(log_file=outputs.run_log, app_log_file=outputs.server_log)
     log.info("run_start", outputs=str(outputs.root), run_config=dict(context.run_config))
+    try:
+        federate(grid, run, outputs)
+    except Exception:
+        log.exception("run_failed", outputs=str(outputs.root))
+        raise
+
+
+def federate(grid: Grid, run: RunConfig, outputs) -> None:
+    from app import model as models
+    from app.checkpoint import save_checkpoint
+    from app.hub import push_checkpoint, should_push
+    from app.node import Learner, unflatten_stats
+    from app.report import round_summary
+    from app.strategy import FedVLA
 
     server = Learner(run, run.server_eval_dataset)  # the global model, and the server's held-out data
     stats = collect_federated_stats(grid, run, server.fingerprint)
-    replies_seen: dict[int, dict[str, dict]] = {}
+    node_datasets: dict[str, str] = {}
+    replies: dict[int, dict[str, dict]] = {}
 
     def on_replies(kind, server_round, reports):
         for rep in reports:
             outputs.record_client_reply(kind, server_round, rep.name, rep.node_id, rep.dataset, rep.metrics)
-            replies_seen.setdefault(server_round, {}).setdefault(rep.name, {})[kind] = rep.metrics
+            replies.setdefault(server_round, {}).setdefault(rep.name, {})[kind] = rep.metrics
+            node_datasets[rep.name] = rep.dataset
 
+    first_round = resume(server, run) + 1
     arrays = ArrayRecord(models.trainable_state(server.policy))
     strategy = FedVLA(run, server.fingerprint, stats, set(arrays.keys()), on_replies)
-    outputs.record_server_eval(0, server.evaluate(arrays.to_torch_state_dict(), stats))
-    nodes = set()
+    outputs.record_server_eval(first_round - 1, server.evaluate(arrays.to_torch_state_dict(), stats))
     early_stop = EarlyStop(run.early_stop_patience, run.early_stop_min_delta)
-    last_round = 0
 
-    def checkpoint(server_round: int, metrics: dict) -> Path:
-        preprocessor, postprocessor = models.build_processors(server.config, unflatten_stats(stats))
-        models.load_trainable_state(server.policy, arrays.to_torch_state_dict())
-        facts = {"base model": run.model, "rounds": server_round, "nodes": ", ".join(sorted(nodes)),
-                 "strategy": f"FedProx (mu={run.proximal_mu})", "server eval dataset": run.server_eval_dataset,
-                 **{k: v for k, v in context.run_config.items() if k not in ("model", "server-eval-dataset")}}
-        card = render_model_card(
-            f"SmolVLA federated fine-tune, round {server_round}",
-            "SmolVLA fine-tuned with federated learning (Flower, FedProx): each operator trained on its own "
-            "SO-100 recordings, which never left its machine; only trainable weights were exchanged.",
-            facts, metrics,
-        )
-        path = outputs.models / f"checkpoint_round_{server_round}"
-        save_checkpoint(path, server.policy, preprocessor, postprocessor, metrics | {"round": server_round}, card)
-        log.info("checkpoint_saved", round=server_round, path=str(path))
-        return path
-
-    for server_round in range(1, run.num_server_rounds + 1):
+    for server_round in range(first_round, run.num_server_rounds + 1):
         started = time.perf_counter()
         log.info("round_start", round=server_round, lr=run.round_lr(server_round))
-        replies = grid.send_and_receive(strategy.configure_train(server_round, arrays, ConfigRecord(), grid),
-                                        timeout=run.round_timeout)
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
+        train_replies = grid.send_and_receive(
+            strategy.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=run.round_timeout
+        )
+        new_arrays, train_metrics = strategy.aggregate_train(server_round, train_replies)
         if new_arrays is None:
             raise RuntimeError(f"round {server_round}: no node returned a usable update: {strategy.dropped[server_round]}")
         arrays = new_arrays
-        client_eval = None
+        client_eval = server_eval = None
         if messages := strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid):
-            client_eval = strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=run.round_timeout))
-        summary = {"round": server_round, "lr": run.round_lr(server_round)}
+            eval_replies = grid.send_and_receive(messages, timeout=run.round_timeout)
+            client_eval = strategy.aggregate_evaluate(server_round, eval_replies)
         if strategy.is_eval_round(server_round):
-            server_metrics = server.evaluate(arrays.to_torch_state_dict(), stats)
-            outputs.record_server_eval(server_round, server_metrics)
-            summary["server-eval-loss"] = server_metrics["eval-loss"]
-        per_node = replies_seen.get(server_round, {})
-        nodes.update(per_node)
-        summary |= {
-            "wall-seconds": time.perf_counter() - started,
-            "train-loss": float(train_metrics["train-loss"]),
-            "client-eval-loss": float(client_eval["eval-loss"]) if client_eval else None,
-            "nodes": {name: {"train-loss": m.get("train", {}).get("train-loss"),
-                             "eval-loss": m.get("evaluate", {}).get("eval-loss"),
-                             "samples": m.get("train", {}).get("num-examples"),
-                             "compute-seconds": m.get("train", {}).get("compute-seconds"),
-                             "bytes-received": m.get("train", {}).get("bytes-received"),
-                             "bytes-sent": m.get("train", {}).get("bytes-sent")} for name, m in per_node.items()},
-            "dropped": strategy.dropped.get(server_round, []),
-        }
-        summary["max-compute-seconds"] = max((n["compute-seconds"] or 0 for n in summary["nodes"].values()), default=0)
+            server_eval = server.evaluate(arrays.to_torch_state_dict(), stats)
+            outputs.record_server_eval(server_round, server_eval)
+        summary = round_summary(
+            server_round, run.round_lr(server_round), time.perf_counter() - started, train_metrics, client_eval,
+            server_eval, replies.get(server_round, {}), strategy.dropped.get(server_round, []),
+        )
         outputs.record_round(summary)
         log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
-        last_round = server_round
-        stop = "server-eval-loss" in summary and early_stop.should_stop(summary["server-eval-loss"])
+        stop = server_eval is not None and early_stop.should_stop(server_eval["eval-loss"])
         if should_checkpoint(server_round, run, stop):
-            final = checkpoint(server_round, {"server-eval-loss": outputs.server_eval.get(server_round),
-                                              "train-loss": summary["train-loss"]})
+            models.load_trainable_state(server.policy, arrays.to_torch_state_dict())
+            preprocessor, postprocessor = models.build_processors(server.config, unflatten_stats(stats))
+            final = outputs.models / f"checkpoint_round_{server_round}"
+            card = outputs.model_card(run, server_round, node_datasets, summary)
+            metrics = {"round": server_round, "server-eval-loss": outputs.server_eval.get(server_round),
+                       "train-loss": summary["train-loss"], "nodes": node_datasets}
+            save_checkpoint(final, server.policy, preprocessor, postprocessor, metrics, card)
+            log.info("checkpoint_saved", round=server_round, path=str(final))
         if stop:
             log.info("early_stop", round=server_round, best=early_stop.best)
             break
@@ -160,5 +166,5 @@ def main(grid: Grid, context: Context) -> None:
         push_checkpoint(final, run.hf_repo_id)
     elif run.hf_repo_id:
         log.info("hub_push_skipped", why=f"num-server-rounds {run.num_server_rounds} < checkpoint-interval {run.checkpoint_interval}")
-    log.info("run_done", rounds=last_round, outputs=str(outputs.root), final_checkpoint=str(final),
+    log.info("run_done", rounds=server_round, outputs=str(outputs.root), final_checkpoint=str(final),
              server_eval=outputs.server_eval)

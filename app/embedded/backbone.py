@@ -8,6 +8,7 @@ thousand times smaller. Its weights are random; only the directory layout and th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 # The `<row_R_col_C>` tokens exist for image splitting; we never split, but SmolVLM's processor expects them.
@@ -24,13 +25,34 @@ _WORDS = (
     "stack sort push pull open close drawer gripper arm move grasp lift put and a of with robot tray bin"
 ).split()
 
-TEXT_HIDDEN = 64
-TEXT_LAYERS = 4
-IMAGE_SIZE = 64
+@dataclass(frozen=True)
+class BackboneDims:
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    text_kv_heads: int
+    head_dim: int
+    vocab_size: int  # embedding rows; the tokenizer itself only knows a few hundred words
+    vision_hidden: int
+    vision_intermediate: int
+    vision_layers: int
+    vision_heads: int
+    image_size: int
+    patch_size: int
+    scale_factor: int
 
 
-def write_tiny_backbone(directory: Path) -> Path:
-    """Write a tiny SmolVLM config, tokenizer and processor into `directory` and return it."""
+TINY = BackboneDims(64, 128, 4, 4, 2, 16, 0, 32, 64, 2, 2, 64, 16, 2)
+# HuggingFaceTB/SmolVLM2-500M-Video-Instruct, the backbone of lerobot/smolvla_base (random weights here): used by
+# the benchmarks to measure what a real federation moves, without a download.
+SMOLVLM2_500M = BackboneDims(960, 2560, 32, 15, 5, 64, 49280, 768, 3072, 12, 12, 512, 16, 4)
+TEXT_LAYERS = TINY.text_layers
+IMAGE_SIZE = TINY.image_size
+
+
+def write_tiny_backbone(directory: Path, dims: BackboneDims = TINY) -> Path:
+    """Write a SmolVLM config, tokenizer and processor (tiny by default) into `directory` and return it."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, SmolVLMConfig, SmolVLMProcessor
     from transformers.models.smolvlm import SmolVLMImageProcessor, SmolVLMVideoProcessor
@@ -52,39 +74,40 @@ def write_tiny_backbone(directory: Path) -> Path:
     config = SmolVLMConfig(
         text_config={
             "model_type": "llama",
-            "vocab_size": len(vocab),
-            "hidden_size": TEXT_HIDDEN,
-            "intermediate_size": 128,
-            "num_hidden_layers": TEXT_LAYERS,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
+            "vocab_size": max(len(vocab), dims.vocab_size),
+            "hidden_size": dims.text_hidden,
+            "intermediate_size": dims.text_intermediate,
+            "num_hidden_layers": dims.text_layers,
+            "num_attention_heads": dims.text_heads,
+            "num_key_value_heads": dims.text_kv_heads,
+            "head_dim": dims.head_dim,
             "max_position_embeddings": 512,
             "pad_token_id": vocab["<pad>"],
             "tie_word_embeddings": False,
         },
         vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": 16,
+            "hidden_size": dims.vision_hidden,
+            "intermediate_size": dims.vision_intermediate,
+            "num_hidden_layers": dims.vision_layers,
+            "num_attention_heads": dims.vision_heads,
+            "image_size": dims.image_size,
+            "patch_size": dims.patch_size,
         },
-        scale_factor=2,
+        scale_factor=dims.scale_factor,
         image_token_id=vocab["<image>"],
-        vocab_size=len(vocab),
+        vocab_size=max(len(vocab), dims.vocab_size),
     )
     image_processor = SmolVLMImageProcessor(
         do_image_splitting=False,
-        size={"longest_edge": IMAGE_SIZE},
-        max_image_size={"longest_edge": IMAGE_SIZE},
+        size={"longest_edge": dims.image_size},
+        max_image_size={"longest_edge": dims.image_size},
     )
+    patches = (dims.image_size // dims.patch_size) ** 2
     processor = SmolVLMProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=SmolVLMVideoProcessor(),
-        image_seq_len=4,
+        image_seq_len=patches // dims.scale_factor**2,
     )
     config.save_pretrained(directory)
     processor.save_pretrained(directory)

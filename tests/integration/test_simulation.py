@@ -49,16 +49,29 @@ def flwr_run(env, run_config: dict) -> subprocess.CompletedProcess:
     )
 
 
-def test_simulation_trains_and_writes_a_complete_run(flwr_env, tmp_path):
+SIM_RUN = {**EMBEDDED_OVERRIDES, "num-server-rounds": 2, "local-steps": 20}
+
+
+def test_simulation_trains_writes_a_complete_run_and_resumes(flwr_env, tmp_path):
     out = tmp_path / "outputs"
-    result = flwr_run(flwr_env, {**EMBEDDED_OVERRIDES, "num-server-rounds": 2, "local-steps": 20,
-                                 "output-dir": str(out)})
+    result = flwr_run(flwr_env, {**SIM_RUN, "output-dir": str(out)})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = list(out.iterdir())
     metrics = assert_run_outputs(run_dir, 2, ["partition_0", "partition_1"])
     assert server_eval(run_dir, 2) < server_eval(run_dir, 0)
     assert json.loads((run_dir / "run_config.json").read_text())["run-config"]["model"] == "embedded:tiny"
     assert metrics["rounds"][0]["lr"] > metrics["rounds"][1]["lr"]
+
+    # A later run picks up from the round-2 checkpoint: it starts at round 3 from exactly that model.
+    resumed_out = tmp_path / "resumed"
+    result = flwr_run(flwr_env, {**SIM_RUN, "num-server-rounds": 3, "output-dir": str(resumed_out),
+                                 "resume-from": str(run_dir / "models" / "checkpoint_round_2")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (resumed_dir,) = list(resumed_out.iterdir())
+    rounds = json.loads((resumed_dir / "server" / "federated_metrics.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [3]
+    assert server_eval(resumed_dir, 2) == pytest.approx(server_eval(run_dir, 2), rel=1e-6)
+    assert (resumed_dir / "models" / "checkpoint_round_3" / "model.safetensors").is_file()
 
 
 def test_invalid_config_fails_the_run_before_round_one(flwr_env, tmp_path):

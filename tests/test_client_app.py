@@ -1,0 +1,46 @@
+"""The ClientApp's handlers called directly with real Flower records (no federation around them)."""
+
+import time
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+from app import client_app, model
+from app.errors import ModelError
+from app.node import flatten_stats
+
+
+def _message(content: RecordDict, kind: str) -> Message:
+    metadata = Metadata(run_id=1, message_id="m1", src_node_id=0, dst_node_id=7, reply_to_message_id="",
+                        group_id="1", created_at=time.time(), ttl=600, message_type=kind)
+    return Message(content=content, metadata=metadata)
+
+
+def _context(run_config: dict) -> Context:
+    return Context(run_id=1, node_id=7, node_config={"dataset-uri": "embedded:operator-0", "name": "op0"},
+                   state=RecordDict(), run_config={"model": "embedded:tiny", "lr": 1e-3, "local-steps": 3, **run_config})
+
+
+def _train_message(tiny_policy, operator0, fingerprint: str) -> Message:
+    config = ConfigRecord({"server-round": 1, "lr": 1e-3, "proximal-mu": 0.01, "base-fingerprint": fingerprint})
+    return _message(RecordDict({
+        "arrays": ArrayRecord(model.trainable_state(tiny_policy)),
+        "config": config,
+        "norm-stats": ConfigRecord(flatten_stats(operator0.meta.stats)),
+    }), "train")
+
+
+def test_train_reply_carries_arrays_metrics_and_traffic(tiny_policy, operator0):
+    msg = _train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy))
+    reply = client_app.train(msg, _context({}))
+    metrics = reply.content["metrics"]
+    assert metrics["steps"] == 3 and metrics["num-examples"] == 24
+    assert metrics["bytes-sent"] == metrics["bytes-received"] > 0
+    assert set(reply.content["arrays"].keys()) == set(model.trainable_state(tiny_policy))
+    assert reply.content["node"]["node-name"] == "op0"
+
+
+def test_a_node_with_a_different_frozen_base_refuses_to_train(tiny_policy, operator0):
+    msg = _train_message(tiny_policy, operator0, "0123456789abcdef")
+    with pytest.raises(ModelError, match="frozen base model .* differs from the server's"):
+        client_app.train(msg, _context({}))
