@@ -46,7 +46,6 @@ def _positive_float(text: str) -> float:
 
 
 def _add_train_parser(sub) -> None:
-    from app.config import EMBEDDED_OVERRIDES
     from app.model import DEFAULT_MODEL
 
     p = sub.add_parser("train", help="standalone fine-tuning of one dataset (the centralized baseline)")
@@ -63,23 +62,25 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--fps", type=_positive_int, default=30, help="frame rate the policy expects")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--output-dir", type=Path, default=Path("outputs"))
-    p.set_defaults(handler=_train, embedded_defaults=EMBEDDED_OVERRIDES, default_model=DEFAULT_MODEL)
+    p.set_defaults(handler=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from app.config import EMBEDDED_OVERRIDES
+    from app.model import DEFAULT_MODEL
     from app.standalone import StandaloneConfig, run_standalone
 
     if args.embedded:
-        model = args.model or args.embedded_defaults["model"]
+        model = args.model or EMBEDDED_OVERRIDES["model"]
         dataset = args.dataset or "embedded:operator-0"
-        lr = args.lr or args.embedded_defaults["lr"]
+        lr = args.lr or EMBEDDED_OVERRIDES["lr"]
     else:
         if not args.dataset:
             raise UserError("--dataset is required (hf:<repo_id> or a local path), or pass --embedded for the offline demo")
-        model, dataset, lr = args.model or args.default_model, args.dataset, args.lr or 1e-4
+        model, dataset, lr = args.model or DEFAULT_MODEL, args.dataset, args.lr or 1e-4
     if not 0 < args.heldout_fraction < 1:
         raise UserError(f"--heldout-fraction must be between 0 and 1, got {args.heldout_fraction}")
     cfg = StandaloneConfig(
