@@ -128,7 +128,8 @@ class RunOutputs:
         self.rounds.append(summary)
         write_json_atomic(self.server / "federated_metrics.json", {"rounds": self.rounds})
 
-    def model_card(self, run, server_round: int, node_datasets: dict[str, str], summary: dict) -> str:
+    def model_card(self, run, server_round: int, node_datasets: dict[str, str], summary: dict,
+                   wandb_url: str | None = None) -> str:
         from app.checkpoint import render_model_card
 
         facts = {
@@ -143,6 +144,8 @@ class RunOutputs:
             "seed": run.seed,
             "run outputs": str(self.root),
         }
+        if wandb_url:
+            facts["Weights & Biases run"] = wandb_url
         metrics = {"server eval loss (initial)": self.server_eval.get(0),
                    "server eval loss": summary.get("server-eval-loss"),
                    "client eval loss (weighted)": summary.get("client-eval-loss"),

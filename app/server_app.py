@@ -93,13 +93,13 @@ def main(grid: Grid, context: Context) -> None:
     configure_logging(log_file=outputs.run_log, app_log_file=outputs.server_log)
     log.info("run_start", outputs=str(outputs.root), run_config=dict(context.run_config))
     try:
-        federate(grid, run, outputs)
+        federate(grid, run, outputs, dict(context.run_config))
     except Exception:
         log.exception("run_failed", outputs=str(outputs.root))
         raise
 
 
-def federate(grid: Grid, run: RunConfig, outputs) -> None:
+def federate(grid: Grid, run: RunConfig, outputs, run_config: dict) -> None:
     from app import model as models
     from app.checkpoint import save_checkpoint
     from app.hub import push_checkpoint, should_push
@@ -121,7 +121,14 @@ def federate(grid: Grid, run: RunConfig, outputs) -> None:
     first_round = resume(server, run) + 1
     arrays = ArrayRecord(models.trainable_state(server.policy))
     strategy = FedVLA(run, server.fingerprint, stats, set(arrays.keys()), on_replies)
-    outputs.record_server_eval(first_round - 1, server.evaluate(arrays.to_torch_state_dict(), stats))
+    initial = server.evaluate(arrays.to_torch_state_dict(), stats)
+    outputs.record_server_eval(first_round - 1, initial)
+    tracker = None
+    if run.use_wandb:
+        from app.tracking import WandbTracker
+
+        tracker = WandbTracker(outputs.root, run_config, name=outputs.root.name)
+        tracker.log_initial(initial["eval-loss"], first_round - 1)
     early_stop = EarlyStop(run.early_stop_patience, run.early_stop_min_delta)
 
     for server_round in range(first_round, run.num_server_rounds + 1):
@@ -146,13 +153,15 @@ def federate(grid: Grid, run: RunConfig, outputs) -> None:
             server_eval, replies.get(server_round, {}), strategy.dropped.get(server_round, []),
         )
         outputs.record_round(summary)
+        if tracker is not None:
+            tracker.log_round(summary)
         log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
         stop = server_eval is not None and early_stop.should_stop(server_eval["eval-loss"])
         if should_checkpoint(server_round, run, stop):
             models.load_trainable_state(server.policy, arrays.to_torch_state_dict())
             preprocessor, postprocessor = models.build_processors(server.config, unflatten_stats(stats))
             final = outputs.models / f"checkpoint_round_{server_round}"
-            card = outputs.model_card(run, server_round, node_datasets, summary)
+            card = outputs.model_card(run, server_round, node_datasets, summary, tracker.url if tracker else None)
             metrics = {"round": server_round, "server-eval-loss": outputs.server_eval.get(server_round),
                        "train-loss": summary["train-loss"], "nodes": node_datasets}
             save_checkpoint(final, server.policy, preprocessor, postprocessor, metrics, card)
@@ -162,6 +171,8 @@ def federate(grid: Grid, run: RunConfig, outputs) -> None:
             break
 
     outputs.write_history_and_charts()
+    if tracker is not None:
+        tracker.finish()
     if should_push(run):
         push_checkpoint(final, run.hf_repo_id)
     elif run.hf_repo_id:

@@ -31,6 +31,8 @@ def flwr_env(tmp_path):
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # offline: the app's dependencies are installed
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "WANDB_MODE": "offline",  # use-wandb runs write their W&B run to disk
+        "WANDB_SILENT": "true",
     })
     yield env
     pids = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.split()
@@ -54,13 +56,16 @@ SIM_RUN = {**EMBEDDED_OVERRIDES, "num-server-rounds": 2, "local-steps": 20}
 
 def test_simulation_trains_writes_a_complete_run_and_resumes(flwr_env, tmp_path):
     out = tmp_path / "outputs"
-    result = flwr_run(flwr_env, {**SIM_RUN, "output-dir": str(out)})
+    result = flwr_run(flwr_env, {**SIM_RUN, "output-dir": str(out), "use-wandb": True})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (run_dir,) = list(out.iterdir())
     metrics = assert_run_outputs(run_dir, 2, ["partition_0", "partition_1"])
     assert server_eval(run_dir, 2) < server_eval(run_dir, 0)
     assert json.loads((run_dir / "run_config.json").read_text())["run-config"]["model"] == "embedded:tiny"
     assert metrics["rounds"][0]["lr"] > metrics["rounds"][1]["lr"]
+    (wandb_record,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    assert b"client/partition_1/train-loss" in wandb_record.read_bytes()
+    assert "Weights & Biases run" in (run_dir / "models" / "checkpoint_round_2" / "README.md").read_text()
 
     # A later run picks up from the round-2 checkpoint: it starts at round 3 from exactly that model.
     resumed_out = tmp_path / "resumed"
