@@ -95,21 +95,6 @@ def checkpoint_round(directory: Path) -> int:
     return int(data["round"])
 
 
-def load_arrays(directory: Path, names: set[str]) -> dict:
-    """The named tensors of a checkpoint's model.safetensors: what a resumed run starts from."""
-    from safetensors.torch import load_file
-
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{str(directory)!r} has no model.safetensors: point resume-from at a checkpoint_round_N directory")
-    tensors = load_file(weights)
-    missing = sorted(names - set(tensors))
-    if missing:
-        raise UserError(f"checkpoint {str(directory)!r} lacks {len(missing)} trainable arrays (e.g. {missing[0]!r}): "
-                        "it was made from a different model")
-    return {name: tensors[name] for name in names}
-
-
 def list_checkpoints(models_dir: Path) -> list[tuple[int, Path]]:
     """(round, path) of the complete checkpoints under `models_dir`, oldest first."""
     found = []

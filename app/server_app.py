@@ -69,7 +69,7 @@ def resume(server, run: RunConfig) -> int:
     """Load the global weights of `resume-from` into the server's policy; returns the rounds already done (0 if
     starting fresh). The round count, the learning-rate schedule and checkpoint numbering carry on from there."""
     from app import model as models
-    from app.checkpoint import checkpoint_round, load_arrays
+    from app.checkpoint import checkpoint_round
     from app.errors import ConfigError
 
     if not run.resume_from:
@@ -78,8 +78,10 @@ def resume(server, run: RunConfig) -> int:
     done = checkpoint_round(directory)
     if done >= run.num_server_rounds:
         raise ConfigError(f"resume-from is at round {done}; set num-server-rounds above it to train more")
-    names = set(models.trainable_state(server.policy))
-    models.load_trainable_state(server.policy, load_arrays(directory, names))
+    saved = models.build_policy(str(directory), server.config)
+    if models.frozen_fingerprint(saved) != server.fingerprint:
+        raise ConfigError(f"resume-from {str(directory)!r} was trained from another base model than model={run.model!r}")
+    models.load_trainable_state(server.policy, models.trainable_state(saved))
     log.info("resumed", checkpoint=str(directory), rounds_done=done)
     return done
 

@@ -1,5 +1,10 @@
+import pytest
+import torch
+
+from app import checkpoint, model
 from app.config import RunConfig
-from app.server_app import EarlyStop, should_checkpoint
+from app.errors import ConfigError
+from app.server_app import EarlyStop, resume, should_checkpoint
 
 
 def test_checkpoints_every_interval_and_the_final_round():
@@ -25,3 +30,41 @@ def test_early_stop_waits_for_patience_evaluations_without_improvement():
 def test_patience_zero_never_stops():
     stop = EarlyStop(patience=0, min_delta=0.0)
     assert not any(stop.should_stop(1.0) for _ in range(10))
+
+
+class _Server:
+    """What resume() needs of the server's Learner: its policy, config and frozen-base fingerprint."""
+
+    def __init__(self, policy, config):
+        self.policy, self.config, self.fingerprint = policy, config, model.frozen_fingerprint(policy)
+
+
+def _saved(tmp_path, policy, config, stats, round_, shift_frozen=False):
+    with torch.no_grad():
+        for p in policy.parameters():
+            if p.requires_grad or shift_frozen:
+                p.add_(0.25)
+    pre, post = model.build_processors(config, stats)
+    return checkpoint.save_checkpoint(tmp_path / f"checkpoint_round_{round_}", policy, pre, post, {"round": round_}, "#")
+
+
+def test_resume_loads_the_checkpoint_weights_and_returns_its_round(tmp_path, tiny_config, operator0):
+    trained = model.build_policy("embedded:tiny", tiny_config)
+    directory = _saved(tmp_path, trained, tiny_config, operator0.meta.stats, 4)
+    server = _Server(model.build_policy("embedded:tiny", tiny_config), tiny_config)
+    run = RunConfig.from_mapping({"model": "embedded:tiny", "num-server-rounds": 6, "resume-from": str(directory)})
+    assert resume(server, run) == 4
+    for name, value in model.trainable_state(trained).items():
+        assert torch.equal(model.trainable_state(server.policy)[name], value)
+    with pytest.raises(ConfigError, match="at round 4; set num-server-rounds above it"):
+        resume(server, RunConfig.from_mapping({"num-server-rounds": 4, "resume-from": str(directory)}))
+    assert resume(server, RunConfig.from_mapping({})) == 0
+
+
+def test_resume_refuses_a_checkpoint_of_another_base(tmp_path, tiny_config, operator0):
+    other = _saved(tmp_path, model.build_policy("embedded:tiny", tiny_config), tiny_config, operator0.meta.stats, 2,
+                   shift_frozen=True)
+    server = _Server(model.build_policy("embedded:tiny", tiny_config), tiny_config)
+    run = RunConfig.from_mapping({"num-server-rounds": 5, "resume-from": str(other)})
+    with pytest.raises(ConfigError, match="another base model"):
+        resume(server, run)
