@@ -170,10 +170,19 @@ def _demo(args: argparse.Namespace) -> int:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"--run-config is not 'key=value ...' with TOML values: {exc}") from None
     overrides = {"num-server-rounds": args.rounds, "local-steps": args.local_steps, **extra}
-    console = Console(stderr=True)
-    with console.status("starting the federation") as status:
-        result = run_demo(args.nodes, overrides, args.output_dir,
-                          on_status=lambda s: status.update(f"run {s}: see the logs above"))
+    console = Console(stderr=True, soft_wrap=True)
+
+    def show(record: dict) -> None:
+        event = record.pop("event")
+        for noise in ("level", "logger", "timestamp"):
+            record.pop(noise, None)
+        if event == "round_done":
+            console.print(f"[bold]round {record['round']} done[/bold] in {record['wall-seconds']:.0f} s: "
+                          f"train loss {record['train-loss']:.4f}, server eval loss {_fmt(record.get('server-eval-loss'))}")
+        else:
+            console.print(f"[dim]{event}[/dim] " + " ".join(f"{k}={v}" for k, v in record.items() if k != "run_config"))
+
+    result = run_demo(args.nodes, overrides, args.output_dir, on_event=show)
     table = Table(title=f"Federated SmolVLA: {args.nodes} SuperNodes, FedProx, run {result.status}")
     for column in ("round", "train loss", "client eval loss", "server eval loss", "round wall s", "max compute s",
                    "MB moved"):

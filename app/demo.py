@@ -30,6 +30,34 @@ class DemoResult:
     final_checkpoint: Path | None
 
 
+class ServerProgress:
+    """Follows the ServerApp's own log (server/server.log of the run) and hands each new event to `show`, so the
+    demo's console shows rounds as they finish although the ServerApp runs in another process."""
+
+    EVENTS = ("run_start", "round_start", "round_done", "checkpoint_saved", "reply_dropped", "run_done", "run_failed")
+
+    def __init__(self, output_dir: Path, run_id: int, show):
+        self.output_dir, self.run_id, self.show = output_dir, run_id, show
+        self.position = 0
+
+    def poll(self) -> None:
+        try:
+            log_file = find_run_dir(self.output_dir, self.run_id) / "server" / "server.log"
+        except FileNotFoundError:
+            return  # the ServerApp has not started writing yet
+        if not log_file.exists():
+            return
+        with open(log_file, encoding="utf-8") as f:
+            f.seek(self.position)
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # half-written: read it next time
+                self.position += len(line.encode())
+                record = json.loads(line)
+                if record.get("event") in self.EVENTS:
+                    self.show(record)
+
+
 def find_run_dir(output_dir: Path, run_id: int) -> Path:
     for candidate in sorted(output_dir.glob("*/run_config.json"), reverse=True):
         if json.loads(candidate.read_text()).get("run-id") == run_id:
@@ -37,7 +65,7 @@ def find_run_dir(output_dir: Path, run_id: int) -> Path:
     raise FileNotFoundError(f"no outputs for run {run_id} under {output_dir}")
 
 
-def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_status=None) -> DemoResult:
+def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=None) -> DemoResult:
     from app import embedded
     from app.checkpoint import list_checkpoints
     from app.launch import Deployment
@@ -61,7 +89,9 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_status=No
         started = time.time()
         run_id = deployment.submit(APP_DIR, run_config)
         log.info("run_submitted", run_id=run_id, superlink=f"127.0.0.1:{deployment.control_port}")
-        status = deployment.wait(run_id, on_poll=on_status)
+        progress = ServerProgress(output_dir, run_id, on_event or (lambda record: None))
+        status = deployment.wait(run_id, on_poll=lambda _status: progress.poll())
+        progress.poll()
         log.info("run_finished", run_id=run_id, status=status, seconds=round(time.time() - started, 1))
         run_dir = find_run_dir(output_dir, run_id)
     # Keep the processes' own logs next to the run they produced.

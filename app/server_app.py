@@ -10,6 +10,7 @@ model or the server's evaluation dataset is wrong.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
@@ -104,11 +105,15 @@ def main(grid: Grid, context: Context) -> None:
 def federate(grid: Grid, run: RunConfig, outputs, run_config: dict) -> None:
     from app import model as models
     from app.checkpoint import save_checkpoint
+    from app.errors import ConfigError
     from app.hub import push_checkpoint, should_push
     from app.node import Learner, unflatten_stats
     from app.report import round_summary
     from app.strategy import FedVLA
 
+    if should_push(run) and not os.environ.get("HF_TOKEN"):
+        raise ConfigError(f"hf-repo-id={run.hf_repo_id!r} asks for a Hub push, but HF_TOKEN is not set where the "
+                          "ServerApp runs (the SuperLink's environment): set it, or clear hf-repo-id")
     server = Learner(run, run.server_eval_dataset)  # the global model, and the server's held-out data
     stats = collect_federated_stats(grid, run, server.fingerprint)
     node_datasets: dict[str, str] = {}
@@ -176,7 +181,11 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict) -> None:
     if tracker is not None:
         tracker.finish()
     if should_push(run):
-        push_checkpoint(final, run.hf_repo_id)
+        try:
+            push_checkpoint(final, run.hf_repo_id)
+        except Exception as exc:  # the run's result is safe on disk; say how to retry rather than fail the run
+            log.error("hub_push_failed", repo_id=run.hf_repo_id, error=f"{type(exc).__name__}: {exc}",
+                      retry=f"fedvla push {final} --repo-id {run.hf_repo_id}")
     elif run.hf_repo_id:
         log.info("hub_push_skipped", why=f"num-server-rounds {run.num_server_rounds} < checkpoint-interval {run.checkpoint_interval}")
     log.info("run_done", rounds=server_round, outputs=str(outputs.root), final_checkpoint=str(final),
