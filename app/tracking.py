@@ -50,4 +50,8 @@ class WandbTracker:
         self._run.log({"federation/server-eval-loss": server_eval_loss}, step=server_round)
 
     def finish(self) -> None:
+        import wandb
+
         self._run.finish()
+        # The ServerApp process ends soon after: wait for W&B's service to write out (or upload) everything.
+        wandb.teardown()

@@ -68,3 +68,12 @@ def test_resume_refuses_a_checkpoint_of_another_base(tmp_path, tiny_config, oper
     run = RunConfig.from_mapping({"num-server-rounds": 5, "resume-from": str(other)})
     with pytest.raises(ConfigError, match="another base model"):
         resume(server, run)
+
+
+def test_a_hub_push_without_a_token_fails_before_round_one(monkeypatch):
+    from app.server_app import federate
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    run = RunConfig.from_mapping({"hf-repo-id": "me/model", "num-server-rounds": 10, "checkpoint-interval": 10})
+    with pytest.raises(ConfigError, match="HF_TOKEN is not set"):
+        federate(grid=None, run=run, outputs=None, run_config={})

@@ -1,4 +1,14 @@
+import time
+
 from app.tracking import WandbTracker
+
+
+def _written(record, marker: bytes, seconds: float = 20.0) -> bytes:
+    """The offline run file's bytes once `marker` is in them (W&B's service writes it from another process)."""
+    deadline = time.monotonic() + seconds
+    while marker not in (data := record.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return data
 
 
 def test_rounds_are_logged_to_an_offline_wandb_run(tmp_path, monkeypatch):
@@ -14,7 +24,7 @@ def test_rounds_are_logged_to_an_offline_wandb_run(tmp_path, monkeypatch):
     })
     tracker.finish()
     (record,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    data = record.read_bytes()
+    data = _written(record, b"client/op0/bytes-sent")
     for key in (b"federation/server-eval-loss", b"federation/train-loss", b"client/op0/train-loss",
                 b"client/op0/bytes-sent"):
         assert key in data, key
