@@ -17,6 +17,8 @@ from app.errors import ConfigError
 # default. A learning rate of 1e-3 suits the tiny random-weight policy (the real base is fine-tuned at 1e-4).
 EMBEDDED_OVERRIDES: dict[str, Any] = {
     "model": "embedded:tiny",
+    "cameras": "",  # all of the tiny policy's cameras: front and wrist, as the embedded datasets name them
+    "camera-map": "",
     "server-eval-dataset": "embedded:server-eval",
     "partition-dataset": "embedded",
     "lr": 1e-3,
@@ -71,6 +73,24 @@ def _device(raw: Mapping[str, Any], key: str = "device") -> str:
     return value
 
 
+def parse_camera_map(text: str, key: str = "camera-map") -> dict[str, str]:
+    """'top=camera1,wrist=camera2' -> {"observation.images.top": "observation.images.camera1", ...}: the dataset's
+    camera names on the left, the policy's on the right (LeRobot's rename_map, in short names)."""
+    mapping = {}
+    for pair in text.replace(",", " ").split():
+        source, sep, target = pair.partition("=")
+        if not sep or not source or not target:
+            raise ConfigError(f"{key} must be 'dataset_camera=policy_camera' pairs like 'top=camera1,wrist=camera2', got {text!r}")
+        mapping[f"observation.images.{source}"] = f"observation.images.{target}"
+    return mapping
+
+
+def parse_cameras(text: str, key: str = "cameras") -> tuple[str, ...] | None:
+    """'camera1,camera2' -> the policy camera keys a federation uses; '' -> all of the model's cameras."""
+    names = text.replace(",", " ").split()
+    return tuple(f"observation.images.{name}" for name in names) or None
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -96,6 +116,9 @@ class RunConfig:
     proximal_mu: float = 0.01
     seed: int = 42
     model: str = "lerobot/smolvla_base"
+    # smolvla_base was trained with cameras named camera1..3; SO-100 recordings call theirs top and wrist.
+    cameras: str = "camera1,camera2"  # the policy cameras this federation uses; "" = all of the model's
+    camera_map: str = "top=camera1,wrist=camera2"  # for the datasets the run names (server eval, simulation)
     server_eval_dataset: str = "hf:lerobot/svla_so100_pickplace"
     partition_dataset: str = "embedded"
     heldout_fraction: float = 0.2
@@ -133,6 +156,8 @@ class RunConfig:
             proximal_mu=_float(raw, "proximal-mu", d.proximal_mu, 0.0),
             seed=_int(raw, "seed", d.seed, 0),
             model=_str(raw, "model", d.model),
+            cameras=_str(raw, "cameras", d.cameras),
+            camera_map=_str(raw, "camera-map", d.camera_map),
             server_eval_dataset=_str(raw, "server-eval-dataset", d.server_eval_dataset),
             partition_dataset=_str(raw, "partition-dataset", d.partition_dataset),
             heldout_fraction=_float(raw, "heldout-fraction", d.heldout_fraction, 0.01, 0.9),
@@ -159,6 +184,7 @@ class RunConfig:
             raise ConfigError(f"hf-repo-id must look like <user>/<model>, got {config.hf_repo_id!r}")
         if not config.model:
             raise ConfigError("model must name a Hub id, a checkpoint directory or embedded:tiny")
+        parse_camera_map(config.camera_map)
         return config
 
     def steps_for(self, train_samples: int) -> int:
@@ -182,6 +208,7 @@ class NodeConfig:
     partition_id: int | None = None
     num_partitions: int | None = None
     name: str = ""
+    camera_map: str | None = None  # this node's dataset camera names -> the policy's; None: the run's camera-map
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> NodeConfig:
@@ -191,7 +218,10 @@ class NodeConfig:
             partition_id=_int(raw, "partition-id", 0, 0) if has_partition else None,
             num_partitions=_int(raw, "num-partitions", 1, 1) if has_partition else None,
             name=_str(raw, "name", ""),
+            camera_map=_str(raw, "camera-map", "") if "camera-map" in raw else None,
         )
+        if config.camera_map is not None:
+            parse_camera_map(config.camera_map)
         if not config.dataset_uri and not has_partition:
             raise ConfigError(
                 "node-config needs dataset-uri (hf:<repo_id> or a local LeRobot dataset path), "

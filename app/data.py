@@ -87,9 +87,12 @@ def open_metadata(ref: DatasetRef) -> LeRobotDatasetMetadata:
         raise DatasetError(f"dataset {ref.uri!r} cannot be opened: {type(exc).__name__}: {exc}") from exc
 
 
-def validate_schema(meta: LeRobotDatasetMetadata, schema: PolicySchema, uri: str) -> None:
-    """Fail with one message naming the first key that does not fit the policy."""
-    features = meta.features
+def validate_schema(
+    meta: LeRobotDatasetMetadata, schema: PolicySchema, uri: str, camera_map: dict[str, str] | None = None
+) -> None:
+    """Fail with one message naming the first key that does not fit the policy (cameras after `camera_map`)."""
+    camera_map = camera_map or {}
+    features = {camera_map.get(k, k): v for k, v in meta.features.items()}
     for key, want in ((STATE_KEY, schema.state_dim), (ACTION_KEY, schema.action_dim)):
         if key not in features:
             raise DatasetError(f"dataset {uri!r} has no {key!r} feature, which the policy needs")
@@ -101,8 +104,11 @@ def validate_schema(meta: LeRobotDatasetMetadata, schema: PolicySchema, uri: str
             )
     for camera in schema.cameras:
         if camera not in features:
-            present = sorted(k for k in features if k.startswith(IMAGE_PREFIX))
-            raise DatasetError(f"dataset {uri!r} has no camera {camera!r} (it has {present}); the policy expects it")
+            present = sorted(k.removeprefix(IMAGE_PREFIX) for k in meta.features if k.startswith(IMAGE_PREFIX))
+            raise DatasetError(
+                f"dataset {uri!r} has no camera {camera!r} (it has {present}); the policy expects it: "
+                f"map one of yours onto it with camera-map, e.g. '{(present or ['top'])[0]}={camera.removeprefix(IMAGE_PREFIX)}'"
+            )
         if features[camera]["dtype"] not in ("video", "image"):
             raise DatasetError(f"dataset {uri!r}: {camera!r} is not an image or video feature")
     if schema.fps is not None and meta.fps != schema.fps:
@@ -148,6 +154,24 @@ def open_dataset(
         raise DatasetError(f"dataset {ref.uri!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
 
 
+class CameraRenamed:
+    """A map-style dataset whose samples carry the policy's camera keys instead of the recording's."""
+
+    def __init__(self, inner: LeRobotDataset, camera_map: dict[str, str]):
+        self.inner, self.camera_map = inner, camera_map
+        self.episodes, self.meta = inner.episodes, inner.meta
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> dict:
+        return {self.camera_map.get(k, k): v for k, v in self.inner[index].items()}
+
+
+def rename_cameras(dataset: LeRobotDataset, camera_map: dict[str, str] | None):
+    return CameraRenamed(dataset, camera_map) if camera_map else dataset
+
+
 @dataclass
 class NodeData:
     """A node's view of its dataset: training and held-out splits, and the stats of its training split."""
@@ -165,11 +189,13 @@ def load_node_data(
     heldout_fraction: float,
     seed: int,
     partition: tuple[int, int] | None = None,
+    camera_map: dict[str, str] | None = None,
 ) -> NodeData:
-    """Open, validate and split a dataset. `delta_timestamps_for(meta)` gives the policy's action chunk offsets."""
+    """Open, validate and split a dataset. `delta_timestamps_for(meta)` gives the policy's action chunk offsets;
+    `camera_map` renames the dataset's cameras to the policy's."""
     ref = resolve_dataset_uri(uri)
     meta = open_metadata(ref)
-    validate_schema(meta, schema, uri)
+    validate_schema(meta, schema, uri, camera_map)
     episodes = list(range(meta.total_episodes))
     if partition is not None:
         episodes = partition_episodes(episodes, *partition)
@@ -178,6 +204,6 @@ def load_node_data(
     return NodeData(
         ref=ref,
         meta=meta,
-        train=open_dataset(ref, [episodes[i] for i in train_idx], delta),
-        heldout=open_dataset(ref, [episodes[i] for i in heldout_idx], delta),
+        train=rename_cameras(open_dataset(ref, [episodes[i] for i in train_idx], delta), camera_map),
+        heldout=rename_cameras(open_dataset(ref, [episodes[i] for i in heldout_idx], delta), camera_map),
     )

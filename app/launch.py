@@ -107,7 +107,8 @@ class Deployment:
                 time.sleep(0.5)
         raise TimeoutError(f"the SuperLink did not answer on 127.0.0.1:{self.control_port}:\n{self.log_tail('superlink')}")
 
-    def start_supernode(self, name: str, dataset_uri: str, model: str, fps: int = 30, threads: int | None = None) -> None:
+    def start_supernode(self, name: str, dataset_uri: str, model: str, fps: int = 30, threads: int | None = None,
+                        cameras: str = "", camera_map: str = "") -> None:
         """Start `fedvla node` (dataset check, then flower-supernode). `threads` caps each ClientApp's CPU threads:
         nodes sharing one machine would otherwise oversubscribe its cores and all run slower."""
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else None
@@ -115,6 +116,7 @@ class Deployment:
             sys.executable, "-m", "app.cli", "node",
             "--superlink", f"127.0.0.1:{self.fleet_port}", "--insecure",
             "--dataset-uri", dataset_uri, "--model", model, "--fps", str(fps), "--name", name,
+            "--cameras", cameras, "--camera-map", camera_map,
             "--clientappio-port", str(free_port()),
         ], env=env)
 

@@ -45,7 +45,9 @@ def resolve_model(model: str) -> str:
     return model
 
 
-def load_config(model: str, device: str = "cpu") -> SmolVLAConfig:
+def load_config(model: str, device: str = "cpu", cameras: tuple[str, ...] | None = None) -> SmolVLAConfig:
+    """The policy's config; `cameras` keeps only those camera inputs (SmolVLA's weights do not depend on how
+    many cameras it sees), so a federation of two-camera arms can fine-tune a three-camera base."""
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
 
@@ -57,6 +59,15 @@ def load_config(model: str, device: str = "cpu") -> SmolVLAConfig:
     if not isinstance(config, SmolVLAConfig):
         raise ModelError(f"model {model!r} is a {config.type!r} policy; this project fine-tunes SmolVLA")
     config.device = device
+    if cameras is not None:
+        available = sorted(k for k in config.input_features if k.startswith(IMAGE_PREFIX))
+        unknown = [c for c in cameras if c not in available]
+        if unknown:
+            names = [c.removeprefix(IMAGE_PREFIX) for c in available]
+            raise ModelError(f"cameras: model {model!r} has no camera {unknown[0].removeprefix(IMAGE_PREFIX)!r}; it has {names}")
+        config.input_features = {
+            k: v for k, v in config.input_features.items() if not k.startswith(IMAGE_PREFIX) or k in cameras
+        }
     return config
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from app.config import NodeConfig, RunConfig, resolve_device
+from app.config import NodeConfig, RunConfig, parse_camera_map, parse_cameras, resolve_device
 from app.errors import ConfigError
 from app.telemetry import get_logger
 
@@ -70,13 +70,14 @@ class RoundResult:
 class Learner:
     """A SmolVLA policy bound to one dataset: trains and evaluates rounds given global weights and stats."""
 
-    def __init__(self, run: RunConfig, dataset_uri: str, partition: tuple[int, int] | None = None):
+    def __init__(self, run: RunConfig, dataset_uri: str, partition: tuple[int, int] | None = None,
+                 camera_map: str | None = None):
         from app import model as models
         from app.data import load_node_data
 
         self.run = run
         self.device = resolve_device(run.device)
-        self.config = models.load_config(run.model, self.device)
+        self.config = models.load_config(run.model, self.device, parse_cameras(run.cameras))
         self.data = load_node_data(
             dataset_uri,
             models.policy_schema(self.config, run.fps),
@@ -84,6 +85,7 @@ class Learner:
             run.heldout_fraction,
             run.seed,
             partition,
+            parse_camera_map(run.camera_map if camera_map is None else camera_map),
         )
         self.policy = models.build_policy(run.model, self.config)
         self.fingerprint = models.frozen_fingerprint(self.policy)
@@ -133,26 +135,28 @@ class Learner:
 
 
 @functools.lru_cache(maxsize=2)
-def cached_learner(run: RunConfig, dataset_uri: str, partition: tuple[int, int] | None) -> Learner:
+def cached_learner(run: RunConfig, dataset_uri: str, partition: tuple[int, int] | None,
+                   camera_map: str | None) -> Learner:
     start = time.perf_counter()
-    learner = Learner(run, dataset_uri, partition)
+    learner = Learner(run, dataset_uri, partition, camera_map)
     log.info("learner_ready", dataset=dataset_uri, partition=partition, seconds=round(time.perf_counter() - start, 2))
     return learner
 
 
 def learner_for(run: RunConfig, node: NodeConfig) -> Learner:
     uri, partition = node_dataset_uri(run, node)
-    return cached_learner(run, uri, partition)
+    return cached_learner(run, uri, partition, node.camera_map)
 
 
-def check_node_dataset(dataset_uri: str, model: str, fps: int) -> str:
-    """What an operator's SuperNode checks before it joins: the dataset opens and fits the federation's policy.
-    Returns a one-line description; raises a UserError naming the problem otherwise."""
+def check_node_dataset(dataset_uri: str, model: str, fps: int, cameras: str, camera_map: str) -> str:
+    """What an operator's SuperNode checks before it joins: the dataset opens and fits the federation's policy
+    (`cameras` and `camera_map` as in the run-config). Returns a one-line description; raises a UserError naming
+    the problem otherwise."""
     from app import model as models
     from app.data import open_metadata, resolve_dataset_uri, validate_schema
 
-    config = models.load_config(model)
+    config = models.load_config(model, cameras=parse_cameras(cameras))
     ref = resolve_dataset_uri(dataset_uri)
     meta = open_metadata(ref)
-    validate_schema(meta, models.policy_schema(config, fps), dataset_uri)
+    validate_schema(meta, models.policy_schema(config, fps), dataset_uri, parse_camera_map(camera_map))
     return f"{dataset_uri}: {meta.total_episodes} episodes, {meta.total_frames} frames at {meta.fps} fps"

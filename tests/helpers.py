@@ -9,11 +9,21 @@ import numpy as np
 from app.embedded.datasets import so100_features
 
 
-def write_dataset_with(root: Path, drop: tuple[str, ...] = (), action_dim: int = 6, fps: int = 30) -> Path:
-    """A 2-episode SO-100-like dataset, written with LeRobot, minus the features in `drop`."""
+def write_dataset_with(
+    root: Path, drop: tuple[str, ...] = (), action_dim: int = 6, fps: int = 30, rename: dict[str, str] | None = None
+) -> Path:
+    """A 2-episode SO-100-like dataset, written with LeRobot, minus the features in `drop`, cameras renamed by
+    `rename` (short names: {"front": "top"})."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    features = {k: v for k, v in so100_features(use_videos=False).items() if k not in drop}
+    prefix = "observation.images."
+    features = {}
+    for key, spec in so100_features(use_videos=False).items():
+        if key in drop:
+            continue
+        if key.startswith(prefix):
+            key = prefix + (rename or {}).get(key.removeprefix(prefix), key.removeprefix(prefix))
+        features[key] = spec
     if "action" in features:
         features["action"] = {"dtype": "float32", "shape": (action_dim,), "names": [f"j{i}" for i in range(action_dim)]}
     dataset = LeRobotDataset.create("test/bad", fps=fps, features=features, root=root, use_videos=False)

@@ -60,3 +60,13 @@ def test_standalone_training_end_to_end(tmp_path):
     for name in ("train.log", "metrics.json", "loss_chart.png", "models/final/model.safetensors",
                  "models/final/policy_preprocessor.json", "models/final/README.md"):
         assert (run_dir / name).is_file(), name
+
+
+def test_node_check_with_a_camera_map(tmp_path):
+    root = write_dataset_with(tmp_path / "ds", rename={"front": "top"})
+    base = ["node", "--superlink", "127.0.0.1:9", "--insecure", "--dataset-uri", str(root), "--model", "embedded:tiny",
+            "--cameras", "", "--check-only"]
+    assert_one_line_error(fedvla(*base, "--camera-map", ""), "map one of yours onto it with camera-map, e.g. 'top=front'")
+    ok = fedvla(*base, "--camera-map", "top=front")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "node_dataset_ok" in ok.stderr

@@ -66,3 +66,20 @@ def test_node_config_needs_a_dataset_or_a_partition():
     assert (node.partition_id, node.num_partitions, node.label()) == (1, 2, "partition_1")
     with pytest.raises(ConfigError, match="partition-id 2"):
         NodeConfig.from_mapping({"partition-id": 2, "num-partitions": 2})
+
+
+def test_camera_map_parsing():
+    from app.config import parse_camera_map, parse_cameras
+
+    assert parse_camera_map("top=camera1, wrist=camera2") == {
+        "observation.images.top": "observation.images.camera1",
+        "observation.images.wrist": "observation.images.camera2",
+    }
+    assert parse_camera_map("") == {}
+    assert parse_cameras("camera1,camera2") == ("observation.images.camera1", "observation.images.camera2")
+    assert parse_cameras("") is None
+    with pytest.raises(ConfigError, match="camera-map must be 'dataset_camera=policy_camera' pairs"):
+        RunConfig.from_mapping({"camera-map": "top-camera1"})
+    with pytest.raises(ConfigError, match="camera-map"):
+        NodeConfig.from_mapping({"dataset-uri": "/x", "camera-map": "top"})
+    assert NodeConfig.from_mapping({"dataset-uri": "/x"}).camera_map is None

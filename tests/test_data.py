@@ -64,3 +64,20 @@ def test_embedded_operator_dataset_fits_the_tiny_policy(operator0):
     assert sample["observation.images.front"].shape == (3, 48, 64)
     assert operator0.train.episodes and operator0.heldout.episodes
     assert not set(operator0.train.episodes) & set(operator0.heldout.episodes)
+
+
+def test_camera_map_lets_a_recording_with_other_camera_names_fit(tmp_path, tiny_config):
+    from app import model
+
+    root = write_dataset_with(tmp_path / "ds", rename={"front": "top"})
+    meta = data.open_metadata(data.resolve_dataset_uri(str(root)))
+    with pytest.raises(DatasetError, match=r"no camera 'observation.images.front' \(it has \['top', 'wrist'\]\).*top=front"):
+        data.validate_schema(meta, SCHEMA, str(root))
+    camera_map = {"observation.images.top": "observation.images.front"}
+    data.validate_schema(meta, SCHEMA, str(root), camera_map)
+
+    node = data.load_node_data(str(root), model.policy_schema(tiny_config, 30),
+                               lambda m: model.delta_timestamps(tiny_config, m), 0.5, 0, camera_map=camera_map)
+    sample = node.train[0]
+    assert "observation.images.front" in sample and "observation.images.top" not in sample
+    assert len(node.train) == 5 and node.train.episodes == node.train.inner.episodes

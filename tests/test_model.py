@@ -54,3 +54,12 @@ def test_bad_model_references(tmp_path):
         model.resolve_model("./missing/dir/x")
     with pytest.raises(ModelError, match="only embedded model"):
         model.resolve_model("embedded:huge")
+
+
+def test_a_federation_can_use_a_subset_of_the_model_cameras():
+    config = model.load_config("embedded:tiny", "cpu", ("observation.images.front",))
+    assert model.policy_schema(config, 30).cameras == ("observation.images.front",)
+    policy = model.build_policy("embedded:tiny", config)  # weights load whatever the camera count
+    assert sum(t.numel() for t in model.trainable_state(policy).values()) > 0
+    with pytest.raises(ModelError, match="has no camera 'camera1'; it has \\['front', 'wrist'\\]"):
+        model.load_config("embedded:tiny", "cpu", ("observation.images.camera1",))
