@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from app.config import NodeConfig, RunConfig
+from app.config import NodeConfig, RunConfig, fedvla_home
 from app.errors import ModelError
 from app.telemetry import configure_logging, get_logger
 
@@ -18,7 +18,6 @@ app = ClientApp()
 
 
 def _setup(msg: Message, context: Context):
-    from app.embedded import fedvla_home
     from app.node import learner_for
 
     node = NodeConfig.from_mapping(context.node_config)

@@ -7,8 +7,10 @@ rest of the code never reads a raw mapping.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from app.errors import ConfigError
@@ -24,6 +26,11 @@ EMBEDDED_OVERRIDES: dict[str, Any] = {
     "lr": 1e-3,
     "batch-size": 8,
 }
+
+
+def fedvla_home() -> Path:
+    """This machine's fedvla directory (FEDVLA_HOME, default ~/.cache/fedvla): embedded artifacts, node logs."""
+    return Path(os.environ.get("FEDVLA_HOME", Path.home() / ".cache" / "fedvla")).expanduser()
 
 
 def _int(raw: Mapping[str, Any], key: str, default: int, minimum: int = 0) -> int:

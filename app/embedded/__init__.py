@@ -15,6 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from app.config import fedvla_home
 from app.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -26,10 +27,6 @@ DEFAULT_SEED = 0
 EPISODES_PER_OPERATOR = 16
 SERVER_EVAL_EPISODES = 6
 FRAMES_PER_EPISODE = 40
-
-
-def fedvla_home() -> Path:
-    return Path(os.environ.get("FEDVLA_HOME", Path.home() / ".cache" / "fedvla")).expanduser()
 
 
 @dataclass(frozen=True)
