@@ -35,7 +35,9 @@ def _setup(msg: Message, context: Context):
 
 
 def _node_record(node: NodeConfig, learner) -> ConfigRecord:
-    return ConfigRecord({"node-name": node.label(), "dataset": learner.data.ref.uri})
+    from app.data import public_name
+
+    return ConfigRecord({"node-name": node.label(), "dataset": public_name(learner.data.ref.uri)})
 
 
 def _stats(msg: Message) -> dict:

@@ -67,6 +67,14 @@ def resolve_dataset_uri(uri: str) -> DatasetRef:
     return DatasetRef(uri, f"local/{path.name}", path)
 
 
+def public_name(uri: str) -> str:
+    """How a node's dataset is named to the server, in reports and model cards: Hub and embedded URIs as they are,
+    a local path by its directory name only (an operator's file system layout stays on its machine)."""
+    if uri.startswith(("hf:", "embedded:")):
+        return uri
+    return f"local:{Path(uri).expanduser().name}"
+
+
 def _embedded_dataset_path(uri: str) -> Path:
     from app import embedded
 

@@ -6,6 +6,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 
 from app import client_app, model
+from app.config import EMBEDDED_OVERRIDES
 from app.errors import ModelError
 from app.node import flatten_stats
 
@@ -18,7 +19,7 @@ def _message(content: RecordDict, kind: str) -> Message:
 
 def _context(run_config: dict) -> Context:
     return Context(run_id=1, node_id=7, node_config={"dataset-uri": "embedded:operator-0", "name": "op0"},
-                   state=RecordDict(), run_config={"model": "embedded:tiny", "lr": 1e-3, "local-steps": 3, **run_config})
+                   state=RecordDict(), run_config={**EMBEDDED_OVERRIDES, "local-steps": 3, **run_config})
 
 
 def _train_message(tiny_policy, operator0, fingerprint: str) -> Message:
@@ -38,6 +39,7 @@ def test_train_reply_carries_arrays_metrics_and_traffic(tiny_policy, operator0):
     assert metrics["bytes-sent"] == metrics["bytes-received"] > 0
     assert set(reply.content["arrays"].keys()) == set(model.trainable_state(tiny_policy))
     assert reply.content["node"]["node-name"] == "op0"
+    assert reply.content["node"]["dataset"] == "embedded:operator-0"
 
 
 def test_a_node_with_a_different_frozen_base_refuses_to_train(tiny_policy, operator0):

@@ -81,3 +81,9 @@ def test_camera_map_lets_a_recording_with_other_camera_names_fit(tmp_path, tiny_
     sample = node.train[0]
     assert "observation.images.front" in sample and "observation.images.top" not in sample
     assert len(node.train) == 5 and node.train.episodes == node.train.inner.episodes
+
+
+def test_servers_learn_a_local_dataset_by_its_directory_name_only():
+    assert data.public_name("/home/alice/robot/so100_kitchen") == "local:so100_kitchen"
+    assert data.public_name("hf:lerobot/svla_so100_pickplace") == "hf:lerobot/svla_so100_pickplace"
+    assert data.public_name("embedded:operator-1") == "embedded:operator-1"

@@ -7,7 +7,7 @@ import pytest
 
 from app import model
 from app.checkpoint import load_checkpoint
-from app.config import RunConfig
+from app.config import EMBEDDED_OVERRIDES, RunConfig
 from app.evaluate import evaluate
 from app.node import Learner
 from tests.helpers import write_dataset_with
@@ -48,7 +48,7 @@ def test_every_process_it_started_is_gone(demo_run):
 def test_final_checkpoint_reloads_and_reproduces_the_server_eval_loss(demo_run):
     _, run_dir = demo_run
     policy, preprocessor, _ = load_checkpoint(run_dir / "models" / "checkpoint_round_2")
-    run = RunConfig.from_mapping({"model": "embedded:tiny", "server-eval-dataset": "embedded:server-eval"})
+    run = RunConfig.from_mapping(EMBEDDED_OVERRIDES)
     heldout = Learner(run, run.server_eval_dataset).data.heldout  # the same split the server evaluated on
     assert evaluate(policy, preprocessor, heldout, batch_size=8).loss == pytest.approx(server_eval(run_dir, 2), rel=1e-5)
     assert model.frozen_fingerprint(policy) == Learner(run, run.server_eval_dataset).fingerprint
