@@ -182,12 +182,13 @@ def rename_cameras(dataset: LeRobotDataset, camera_map: dict[str, str] | None):
 
 @dataclass
 class NodeData:
-    """A node's view of its dataset: training and held-out splits, and the stats of its training split."""
+    """A node's view of its dataset: training and held-out episodes, and the dataset's metadata (whose stats,
+    as LeRobot computes them, cover all episodes)."""
 
     ref: DatasetRef
     meta: LeRobotDatasetMetadata
-    train: LeRobotDataset
-    heldout: LeRobotDataset
+    train: LeRobotDataset | CameraRenamed
+    heldout: LeRobotDataset | CameraRenamed
 
 
 def load_node_data(
