@@ -60,10 +60,10 @@ def _add_train_parser(sub) -> None:
     p.add_argument("--eval-every", type=_positive_int, default=50, help="held-out evaluation interval in steps")
     p.add_argument("--heldout-fraction", type=float, default=0.2)
     p.add_argument("--fps", type=_positive_int, default=30, help="frame rate the policy expects")
-    p.add_argument("--cameras", help="policy cameras to use, e.g. camera1,camera2 (default: camera1,camera2 for "
-                                     "smolvla_base; all with --embedded)")
-    p.add_argument("--camera-map", help="dataset camera names -> the policy's (default: top=camera1,wrist=camera2; "
-                                        "none with --embedded)")
+    p.add_argument("--cameras", default="auto", help="policy cameras to use, e.g. camera1,camera2; '' = all "
+                   "(default auto: camera1,camera2 for lerobot/smolvla_base, all for other models)")
+    p.add_argument("--camera-map", default="auto", help="dataset camera names -> the policy's, e.g. "
+                   "top=camera1,wrist=camera2 (default auto: that map for lerobot/smolvla_base, none otherwise)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--output-dir", type=Path, default=Path("outputs"))
     p.set_defaults(handler=_train)
@@ -82,15 +82,13 @@ def _train(args: argparse.Namespace) -> int:
     model = args.model or defaults.model
     dataset = args.dataset or "embedded:operator-0"
     lr = args.lr or defaults.lr
-    cameras = defaults.cameras if args.cameras is None else args.cameras
-    camera_map = defaults.camera_map if args.camera_map is None else args.camera_map
-    parse_camera_map(camera_map, "--camera-map")
+    parse_camera_map(args.camera_map, model, "--camera-map")
     if not 0 < args.heldout_fraction < 1:
         raise UserError(f"--heldout-fraction must be between 0 and 1, got {args.heldout_fraction}")
     cfg = StandaloneConfig(
         model=model, dataset=dataset, steps=args.steps, batch_size=args.batch_size, lr=lr, seed=args.seed,
         heldout_fraction=args.heldout_fraction, eval_every=args.eval_every, fps=args.fps, device=args.device,
-        output_dir=args.output_dir, cameras=cameras, camera_map=camera_map,
+        output_dir=args.output_dir, cameras=args.cameras, camera_map=args.camera_map,
     )
     console = Console(stderr=True)
     with Progress(
@@ -115,8 +113,8 @@ def _add_node_parser(sub) -> None:
     p.add_argument("--dataset-uri", required=True, help="hf:<repo_id> or a local LeRobot dataset directory")
     p.add_argument("--model", default=None, help="the federation's model setting (default lerobot/smolvla_base)")
     p.add_argument("--fps", type=_positive_int, default=30)
-    p.add_argument("--cameras", default=None,
-                   help="the federation's policy cameras, e.g. camera1,camera2 (default: the run-config default)")
+    p.add_argument("--cameras", default="auto",
+                   help="the federation's policy cameras, as its run-config says (default auto: see README)")
     p.add_argument("--camera-map", default=None,
                    help="your camera names -> the policy's, e.g. top=camera1,wrist=camera2 (default: the run's)")
     p.add_argument("--name", default="", help="how this node appears in the server's reports")
@@ -138,9 +136,8 @@ def _node(args: argparse.Namespace) -> int:
     from app.node import check_node_dataset
 
     defaults = RunConfig()
-    cameras = defaults.cameras if args.cameras is None else args.cameras
     camera_map = defaults.camera_map if args.camera_map is None else args.camera_map
-    detail = check_node_dataset(args.dataset_uri, args.model or defaults.model, args.fps, cameras, camera_map)
+    detail = check_node_dataset(args.dataset_uri, args.model or defaults.model, args.fps, args.cameras, camera_map)
     log.info("node_dataset_ok", detail=detail)
     if args.check_only:
         return 0

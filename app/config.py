@@ -19,8 +19,6 @@ from app.errors import ConfigError
 # default. A learning rate of 1e-3 suits the tiny random-weight policy (the real base is fine-tuned at 1e-4).
 EMBEDDED_OVERRIDES: dict[str, Any] = {
     "model": "embedded:tiny",
-    "cameras": "",  # all of the tiny policy's cameras: front and wrist, as the embedded datasets name them
-    "camera-map": "",
     "server-eval-dataset": "embedded:server-eval",
     "partition-dataset": "embedded",
     "lr": 1e-3,
@@ -80,9 +78,18 @@ def _device(raw: Mapping[str, Any], key: str = "device") -> str:
     return value
 
 
-def parse_camera_map(text: str, key: str = "camera-map") -> dict[str, str]:
+# Camera settings that "auto" means for known base models. lerobot/smolvla_base was trained with cameras named
+# camera1..3 (lerobot#2262); SO-100 recordings call theirs top and wrist. Any other model: all of its cameras, as
+# named, and no renaming.
+CAMERA_PRESETS = {"lerobot/smolvla_base": ("camera1,camera2", "top=camera1,wrist=camera2")}
+
+
+def parse_camera_map(text: str, model: str = "", key: str = "camera-map") -> dict[str, str]:
     """'top=camera1,wrist=camera2' -> {"observation.images.top": "observation.images.camera1", ...}: the dataset's
-    camera names on the left, the policy's on the right (LeRobot's rename_map, in short names)."""
+    camera names on the left, the policy's on the right (LeRobot's rename_map, in short names). 'auto': the
+    preset for `model`, else none."""
+    if text.strip() == "auto":
+        text = CAMERA_PRESETS.get(model, ("", ""))[1]
     mapping = {}
     for pair in text.replace(",", " ").split():
         source, sep, target = pair.partition("=")
@@ -92,8 +99,11 @@ def parse_camera_map(text: str, key: str = "camera-map") -> dict[str, str]:
     return mapping
 
 
-def parse_cameras(text: str, key: str = "cameras") -> tuple[str, ...] | None:
-    """'camera1,camera2' -> the policy camera keys a federation uses; '' -> all of the model's cameras."""
+def parse_cameras(text: str, model: str = "") -> tuple[str, ...] | None:
+    """'camera1,camera2' -> the policy camera keys a federation uses; '' -> all of the model's cameras; 'auto':
+    the preset for `model`, else all."""
+    if text.strip() == "auto":
+        text = CAMERA_PRESETS.get(model, ("", ""))[0]
     names = text.replace(",", " ").split()
     return tuple(f"observation.images.{name}" for name in names) or None
 
@@ -123,9 +133,8 @@ class RunConfig:
     proximal_mu: float = 0.01
     seed: int = 42
     model: str = "lerobot/smolvla_base"
-    # smolvla_base was trained with cameras named camera1..3; SO-100 recordings call theirs top and wrist.
-    cameras: str = "camera1,camera2"  # the policy cameras this federation uses; "" = all of the model's
-    camera_map: str = "top=camera1,wrist=camera2"  # for the datasets the run names (server eval, simulation)
+    cameras: str = "auto"  # the policy cameras this federation uses; "" = all of the model's (see CAMERA_PRESETS)
+    camera_map: str = "auto"  # dataset -> policy camera names for the datasets the run names (server eval, simulation)
     server_eval_dataset: str = "hf:lerobot/svla_so100_pickplace"
     partition_dataset: str = "embedded"
     heldout_fraction: float = 0.2
@@ -191,7 +200,7 @@ class RunConfig:
             raise ConfigError(f"hf-repo-id must look like <user>/<model>, got {config.hf_repo_id!r}")
         if not config.model:
             raise ConfigError("model must name a Hub id, a checkpoint directory or embedded:tiny")
-        parse_camera_map(config.camera_map)
+        parse_camera_map(config.camera_map, config.model)
         return config
 
     def steps_for(self, train_samples: int) -> int:

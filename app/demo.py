@@ -73,12 +73,12 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=Non
 
     run_config = {**EMBEDDED_OVERRIDES, "min-train-nodes": num_nodes, "min-available-nodes": num_nodes,
                   **run_overrides, "output-dir": str(output_dir.resolve())}
-    RunConfig.from_mapping(run_config)  # fail here, before any process starts
+    run = RunConfig.from_mapping(run_config)  # fail here, before any process starts
     embedded.ensure_base_model()
     embedded.ensure_server_eval_dataset()
     datasets = [str(embedded.ensure_operator_dataset(i)) for i in range(num_nodes)]
     for uri in datasets:
-        detail = check_node_dataset(uri, run_config["model"], 30, run_config["cameras"], run_config["camera-map"])
+        detail = check_node_dataset(uri, run_config["model"], 30, run.cameras, run.camera_map)
         log.info("node_dataset_ok", detail=detail)
 
     workdir = Path(tempfile.mkdtemp(prefix="fedvla-demo-"))
@@ -87,7 +87,7 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=Non
         threads = max(1, (os.cpu_count() or 1) // num_nodes)  # the nodes share this machine's cores
         for i, uri in enumerate(datasets):
             deployment.start_supernode(f"operator_{i}", uri, run_config["model"], threads=threads,
-                                       cameras=run_config["cameras"], camera_map=run_config["camera-map"])
+                                       cameras=run.cameras, camera_map=run.camera_map)
         started = time.time()
         run_id = deployment.submit(APP_DIR, run_config)
         log.info("run_submitted", run_id=run_id, superlink=f"127.0.0.1:{deployment.control_port}")

@@ -108,7 +108,7 @@ class Deployment:
         raise TimeoutError(f"the SuperLink did not answer on 127.0.0.1:{self.control_port}:\n{self.log_tail('superlink')}")
 
     def start_supernode(self, name: str, dataset_uri: str, model: str, fps: int = 30, threads: int | None = None,
-                        cameras: str = "", camera_map: str = "") -> None:
+                        cameras: str = "auto", camera_map: str | None = None) -> None:
         """Start `fedvla node` (dataset check, then flower-supernode). `threads` caps each ClientApp's CPU threads:
         nodes sharing one machine would otherwise oversubscribe its cores and all run slower."""
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else None

@@ -77,7 +77,7 @@ class Learner:
 
         self.run = run
         self.device = resolve_device(run.device)
-        self.config = models.load_config(run.model, self.device, parse_cameras(run.cameras))
+        self.config = models.load_config(run.model, self.device, parse_cameras(run.cameras, run.model))
         self.data = load_node_data(
             dataset_uri,
             models.policy_schema(self.config, run.fps),
@@ -85,7 +85,7 @@ class Learner:
             run.heldout_fraction,
             run.seed,
             partition,
-            parse_camera_map(run.camera_map if camera_map is None else camera_map),
+            parse_camera_map(run.camera_map if camera_map is None else camera_map, run.model),
         )
         self.policy = models.build_policy(run.model, self.config)
         self.fingerprint = models.frozen_fingerprint(self.policy)
@@ -155,8 +155,8 @@ def check_node_dataset(dataset_uri: str, model: str, fps: int, cameras: str, cam
     from app import model as models
     from app.data import open_metadata, resolve_dataset_uri, validate_schema
 
-    config = models.load_config(model, cameras=parse_cameras(cameras))
+    config = models.load_config(model, cameras=parse_cameras(cameras, model))
     ref = resolve_dataset_uri(dataset_uri)
     meta = open_metadata(ref)
-    validate_schema(meta, models.policy_schema(config, fps), dataset_uri, parse_camera_map(camera_map))
+    validate_schema(meta, models.policy_schema(config, fps), dataset_uri, parse_camera_map(camera_map, model))
     return f"{dataset_uri}: {meta.total_episodes} episodes, {meta.total_frames} frames at {meta.fps} fps"

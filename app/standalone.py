@@ -28,8 +28,8 @@ class StandaloneConfig:
     device: str = "auto"
     output_dir: Path = Path("outputs")
     warmup_steps: int = 10
-    cameras: str = ""  # the policy cameras to use ("" = all of the model's)
-    camera_map: str = ""  # dataset camera names -> the policy's, e.g. top=camera1,wrist=camera2
+    cameras: str = "auto"  # the policy cameras to use ("" = all of the model's; auto: see config.CAMERA_PRESETS)
+    camera_map: str = "auto"  # dataset camera names -> the policy's, e.g. top=camera1,wrist=camera2
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,14 @@ def run_standalone(cfg: StandaloneConfig, progress=None) -> StandaloneSummary:
     from app.train import TrainSettings, train
 
     device = resolve_device(cfg.device)
-    config = models.load_config(cfg.model, device, parse_cameras(cfg.cameras))
+    config = models.load_config(cfg.model, device, parse_cameras(cfg.cameras, cfg.model))
     data = load_node_data(
         cfg.dataset,
         models.policy_schema(config, cfg.fps),
         lambda meta: models.delta_timestamps(config, meta),
         cfg.heldout_fraction,
         cfg.seed,
-        camera_map=parse_camera_map(cfg.camera_map),
+        camera_map=parse_camera_map(cfg.camera_map, cfg.model),
     )
     run_dir = new_run_dir(cfg.output_dir)
     configure_logging(log_file=run_dir / "train.log", console=progress is None)

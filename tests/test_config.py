@@ -78,6 +78,11 @@ def test_camera_map_parsing():
     assert parse_camera_map("") == {}
     assert parse_cameras("camera1,camera2") == ("observation.images.camera1", "observation.images.camera2")
     assert parse_cameras("") is None
+    # auto: smolvla_base's camera1/camera2 fed by SO-100's top/wrist; any other model as it is
+    assert parse_cameras("auto", "lerobot/smolvla_base") == ("observation.images.camera1", "observation.images.camera2")
+    assert parse_camera_map("auto", "lerobot/smolvla_base")["observation.images.top"] == "observation.images.camera1"
+    assert parse_cameras("auto", "embedded:tiny") is None
+    assert parse_camera_map("auto", "embedded:tiny") == {}
     with pytest.raises(ConfigError, match="camera-map must be 'dataset_camera=policy_camera' pairs"):
         RunConfig.from_mapping({"camera-map": "top-camera1"})
     with pytest.raises(ConfigError, match="camera-map"):
