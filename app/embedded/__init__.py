@@ -20,8 +20,6 @@ from app.telemetry import get_logger
 
 log = get_logger(__name__)
 
-EMBEDDED_MODEL = "embedded:tiny"
-EMBEDDED_DATASET_PREFIX = "embedded:"
 FORMAT_VERSION = 1  # bump when the generated content changes, so stale caches are not reused
 DEFAULT_SEED = 0
 EPISODES_PER_OPERATOR = 16
