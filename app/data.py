@@ -123,6 +123,16 @@ def validate_schema(
         raise DatasetError(f"dataset {uri!r} is recorded at {meta.fps} fps, the policy expects {schema.fps} fps")
 
 
+def open_checked(
+    uri: str, schema: PolicySchema, camera_map: dict[str, str] | None = None
+) -> tuple[DatasetRef, LeRobotDatasetMetadata]:
+    """Resolve a dataset URI and read its metadata, failing with a clear message if it does not fit the policy."""
+    ref = resolve_dataset_uri(uri)
+    meta = open_metadata(ref)
+    validate_schema(meta, schema, uri, camera_map)
+    return ref, meta
+
+
 def split_episodes(num_episodes: int, heldout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split episode indices into (train, held-out), by a seeded shuffle; both sides get at least one episode."""
     if num_episodes < 2:
@@ -202,9 +212,7 @@ def load_node_data(
 ) -> NodeData:
     """Open, validate and split a dataset. `delta_timestamps_for(meta)` gives the policy's action chunk offsets;
     `camera_map` renames the dataset's cameras to the policy's."""
-    ref = resolve_dataset_uri(uri)
-    meta = open_metadata(ref)
-    validate_schema(meta, schema, uri, camera_map)
+    ref, meta = open_checked(uri, schema, camera_map)
     episodes = list(range(meta.total_episodes))
     if partition is not None:
         episodes = partition_episodes(episodes, *partition)

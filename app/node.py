@@ -61,6 +61,35 @@ def node_dataset_uri(run: RunConfig, node: NodeConfig) -> tuple[str, tuple[int, 
     return run.partition_dataset, (node.partition_id, node.num_partitions)
 
 
+def policy_config_and_data(
+    model: str,
+    device: str,
+    cameras: str,
+    camera_map: str,
+    dataset_uri: str,
+    fps: int,
+    heldout_fraction: float,
+    seed: int,
+    partition: tuple[int, int] | None = None,
+):
+    """The policy's config (only the federation's cameras) and the dataset, checked against it and split:
+    what every trainer needs before it builds the policy, a node's and the standalone baseline's alike."""
+    from app import model as models
+    from app.data import load_node_data
+
+    config = models.load_config(model, device, parse_cameras(cameras, model))
+    data = load_node_data(
+        dataset_uri,
+        models.policy_schema(config, fps),
+        lambda meta: models.delta_timestamps(config, meta),
+        heldout_fraction,
+        seed,
+        partition,
+        parse_camera_map(camera_map, model),
+    )
+    return config, data
+
+
 @dataclass(frozen=True)
 class RoundResult:
     arrays: dict  # name -> torch.Tensor, the trainable parameters after local training
@@ -73,19 +102,11 @@ class Learner:
     def __init__(self, run: RunConfig, dataset_uri: str, partition: tuple[int, int] | None = None,
                  camera_map: str | None = None):
         from app import model as models
-        from app.data import load_node_data
 
         self.run = run
-        self.device = resolve_device(run.device)
-        self.config = models.load_config(run.model, self.device, parse_cameras(run.cameras, run.model))
-        self.data = load_node_data(
-            dataset_uri,
-            models.policy_schema(self.config, run.fps),
-            lambda meta: models.delta_timestamps(self.config, meta),
-            run.heldout_fraction,
-            run.seed,
-            partition,
-            parse_camera_map(run.camera_map if camera_map is None else camera_map, run.model),
+        self.config, self.data = policy_config_and_data(
+            run.model, resolve_device(run.device), run.cameras, run.camera_map if camera_map is None else camera_map,
+            dataset_uri, run.fps, run.heldout_fraction, run.seed, partition,
         )
         self.policy = models.build_policy(run.model, self.config)
         self.fingerprint = models.frozen_fingerprint(self.policy)
@@ -153,10 +174,8 @@ def check_node_dataset(dataset_uri: str, model: str, fps: int, cameras: str, cam
     (`cameras` and `camera_map` as in the run-config). Returns a one-line description; raises a UserError naming
     the problem otherwise."""
     from app import model as models
-    from app.data import open_metadata, resolve_dataset_uri, validate_schema
+    from app.data import open_checked
 
     config = models.load_config(model, cameras=parse_cameras(cameras, model))
-    ref = resolve_dataset_uri(dataset_uri)
-    meta = open_metadata(ref)
-    validate_schema(meta, models.policy_schema(config, fps), dataset_uri, parse_camera_map(camera_map, model))
+    _, meta = open_checked(dataset_uri, models.policy_schema(config, fps), parse_camera_map(camera_map, model))
     return f"{dataset_uri}: {meta.total_episodes} episodes, {meta.total_frames} frames at {meta.fps} fps"

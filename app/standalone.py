@@ -47,21 +47,15 @@ def run_standalone(cfg: StandaloneConfig, progress=None) -> StandaloneSummary:
     """Validate everything, train for cfg.steps, evaluate every cfg.eval_every steps, save the final checkpoint."""
     from app import model as models
     from app.checkpoint import render_model_card, save_checkpoint
-    from app.config import parse_camera_map, parse_cameras, resolve_device
-    from app.data import load_node_data
+    from app.config import resolve_device
     from app.evaluate import evaluate
+    from app.node import policy_config_and_data
     from app.report import line_chart, new_run_dir, write_json_atomic
     from app.train import TrainSettings, train
 
-    device = resolve_device(cfg.device)
-    config = models.load_config(cfg.model, device, parse_cameras(cfg.cameras, cfg.model))
-    data = load_node_data(
-        cfg.dataset,
-        models.policy_schema(config, cfg.fps),
-        lambda meta: models.delta_timestamps(config, meta),
-        cfg.heldout_fraction,
-        cfg.seed,
-        camera_map=parse_camera_map(cfg.camera_map, cfg.model),
+    config, data = policy_config_and_data(
+        cfg.model, resolve_device(cfg.device), cfg.cameras, cfg.camera_map, cfg.dataset, cfg.fps,
+        cfg.heldout_fraction, cfg.seed,
     )
     run_dir = new_run_dir(cfg.output_dir)
     configure_logging(log_file=run_dir / "train.log", console=progress is None)
