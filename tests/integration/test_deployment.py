@@ -1,6 +1,7 @@
 """(b) A real deployment: `fedvla demo` starts flower-superlink and SuperNodes as processes that talk gRPC on
 127.0.0.1, submits the app with `flwr run`, and must leave a complete run behind."""
 
+import os
 import subprocess
 
 import pytest
@@ -40,9 +41,11 @@ def test_outputs_layout_and_learning(demo_run):
 
 
 def test_every_process_it_started_is_gone(demo_run):
-    _, run_dir = demo_run
-    left = subprocess.run(["pgrep", "-f", "fedvla-demo-"], capture_output=True, text=True).stdout.split()
-    assert left == []
+    # The SuperLink's command line names the demo's work directory, the SuperNodes' name their datasets, which
+    # live under this test session's FEDVLA_HOME.
+    for pattern in ("fedvla-demo-", os.environ["FEDVLA_HOME"]):
+        left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+        assert left == [], pattern
 
 
 def test_final_checkpoint_reloads_and_reproduces_the_server_eval_loss(demo_run):
