@@ -124,6 +124,9 @@ def _add_node_parser(sub) -> None:
     p.add_argument("--auth-private-key", type=Path, help="ECDSA key registered with `flwr supernode register`")
     p.add_argument("--clientappio-port", type=_positive_int, default=9094, help="local port for the node's ClientApps")
     p.add_argument("--check-only", action="store_true", help="validate the dataset and exit")
+    p.add_argument("--metrics-port", type=_positive_int,
+                   help="serve this node's Prometheus metrics (training, traffic, GPU, CPU, memory) on this port")
+    p.add_argument("--metrics-address", default="0.0.0.0", help="address the metrics port binds (default all)")
     p.set_defaults(handler=_node)
 
 
@@ -137,8 +140,7 @@ def _node(args: argparse.Namespace) -> int:
 
     defaults = RunConfig()
     camera_map = defaults.camera_map if args.camera_map is None else args.camera_map
-    detail = check_node_dataset(args.dataset_uri, args.model or defaults.model, args.fps, args.cameras, camera_map)
-    log.info("node_dataset_ok", detail=detail)
+    dataset = check_node_dataset(args.dataset_uri, args.model or defaults.model, args.fps, args.cameras, camera_map)
     if args.check_only:
         return 0
     node_config = {"dataset-uri": args.dataset_uri, **({"name": args.name} if args.name else {})}
@@ -152,7 +154,12 @@ def _node(args: argparse.Namespace) -> int:
         command += ["--root-certificates", str(args.root_certificates)]
     if args.auth_private_key:
         command += ["--auth-supernode-private-key", str(args.auth_private_key)]
-    log.info("supernode_exec", superlink=args.superlink, name=args.name)
+    log.info("supernode_start", superlink=args.superlink, name=args.name, metrics_port=args.metrics_port)
+    if args.metrics_port:
+        from app.exporter import supervise
+
+        return supervise(command, args.metrics_port, args.metrics_address, node=args.name or None, dataset=dataset,
+                         role="supernode")
     os.execvp(command[0], command)  # the node's process becomes the SuperNode: signals reach it directly
 
 

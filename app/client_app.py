@@ -9,6 +9,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from app import metrics as node_metrics
 from app.config import NodeConfig, RunConfig, fedvla_home
 from app.errors import ModelError
 from app.telemetry import configure_logging, get_logger
@@ -64,10 +65,11 @@ def train(msg: Message, context: Context) -> Message:
     arrays = ArrayRecord(result.arrays)
     metrics = {
         **result.metrics,
-        "bytes-received": sum(len(a.data) for a in received.values()),
-        "bytes-sent": sum(len(a.data) for a in arrays.values()),
+        "bytes-received": node_metrics.arrays_bytes(received),
+        "bytes-sent": node_metrics.arrays_bytes(arrays),
     }
     log.info("round_trained", node=node.label(), round=server_round, **metrics)
+    node_metrics.record_node_train(context.run_id, node.label(), server_round, metrics)
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics), "node": _node_record(node, learner)})
     return Message(content=content, reply_to=msg)
 
@@ -78,5 +80,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     metrics = learner.evaluate(msg.content["arrays"].to_torch_state_dict(), _stats(msg))
     log.info("round_evaluated", node=node.label(), round=server_round, **metrics)
+    node_metrics.record_node_eval(context.run_id, node.label(), metrics["eval-loss"],
+                                  node_metrics.arrays_bytes(msg.content["arrays"]))
     content = RecordDict({"metrics": MetricRecord(metrics), "node": _node_record(node, learner)})
     return Message(content=content, reply_to=msg)

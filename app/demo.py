@@ -78,8 +78,7 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=Non
     embedded.ensure_server_eval_dataset()
     datasets = [str(embedded.ensure_operator_dataset(i)) for i in range(num_nodes)]
     for uri in datasets:
-        detail = check_node_dataset(uri, run_config["model"], 30, run.cameras, run.camera_map)
-        log.info("node_dataset_ok", detail=detail)
+        check_node_dataset(uri, run_config["model"], 30, run.cameras, run.camera_map)
 
     workdir = Path(tempfile.mkdtemp(prefix="fedvla-demo-"))
     with Deployment(workdir) as deployment:

@@ -14,6 +14,7 @@ from typing import Any
 
 from app.config import NodeConfig, RunConfig, parse_camera_map, parse_cameras, resolve_device
 from app.errors import ConfigError
+from app.exporter import DatasetSize
 from app.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -169,13 +170,14 @@ def learner_for(run: RunConfig, node: NodeConfig) -> Learner:
     return cached_learner(run, uri, partition, node.camera_map)
 
 
-def check_node_dataset(dataset_uri: str, model: str, fps: int, cameras: str, camera_map: str) -> str:
+def check_node_dataset(dataset_uri: str, model: str, fps: int, cameras: str, camera_map: str) -> DatasetSize:
     """What an operator's SuperNode checks before it joins: the dataset opens and fits the federation's policy
-    (`cameras` and `camera_map` as in the run-config). Returns a one-line description; raises a UserError naming
-    the problem otherwise."""
+    (`cameras` and `camera_map` as in the run-config). Returns its size; raises a UserError naming the problem
+    otherwise."""
     from app import model as models
     from app.data import open_checked
 
     config = models.load_config(model, cameras=parse_cameras(cameras, model))
     _, meta = open_checked(dataset_uri, models.policy_schema(config, fps), parse_camera_map(camera_map, model))
-    return f"{dataset_uri}: {meta.total_episodes} episodes, {meta.total_frames} frames at {meta.fps} fps"
+    log.info("node_dataset_ok", dataset=dataset_uri, episodes=meta.total_episodes, frames=meta.total_frames, fps=meta.fps)
+    return DatasetSize(episodes=meta.total_episodes, frames=meta.total_frames)

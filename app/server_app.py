@@ -96,13 +96,14 @@ def main(grid: Grid, context: Context) -> None:
     configure_logging(log_file=outputs.run_log, app_log_file=outputs.server_log)
     log.info("run_start", outputs=str(outputs.root), run_config=dict(context.run_config))
     try:
-        federate(grid, run, outputs, dict(context.run_config))
+        federate(grid, run, outputs, dict(context.run_config), context.run_id)
     except Exception:
         log.exception("run_failed", outputs=str(outputs.root))
         raise
 
 
-def federate(grid: Grid, run: RunConfig, outputs, run_config: dict) -> None:
+def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int = 0) -> None:
+    from app import metrics
     from app import model as models
     from app.checkpoint import save_checkpoint
     from app.errors import ConfigError
@@ -130,6 +131,7 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict) -> None:
     strategy = FedVLA(run, server.fingerprint, stats, set(arrays.keys()), on_replies)
     initial = server.evaluate(arrays.to_torch_state_dict(), stats)
     outputs.record_server_eval(first_round - 1, initial)
+    metrics.record_server_start(run_id, run.num_server_rounds, initial["eval-loss"], first_round)
     tracker = None
     if run.use_wandb:
         from app.tracking import WandbTracker
@@ -141,15 +143,16 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict) -> None:
     for server_round in range(first_round, run.num_server_rounds + 1):
         started = time.perf_counter()
         log.info("round_start", round=server_round, lr=run.round_lr(server_round))
-        train_replies = grid.send_and_receive(
-            strategy.configure_train(server_round, arrays, ConfigRecord(), grid), timeout=run.round_timeout
-        )
+        train_messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        sent_bytes = len(train_messages) * metrics.arrays_bytes(arrays)
+        train_replies = grid.send_and_receive(train_messages, timeout=run.round_timeout)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, train_replies)
         if new_arrays is None:
             raise RuntimeError(f"round {server_round}: no node returned a usable update: {strategy.dropped[server_round]}")
         arrays = new_arrays
         client_eval = server_eval = None
         if messages := strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid):
+            sent_bytes += len(messages) * metrics.arrays_bytes(arrays)
             eval_replies = grid.send_and_receive(messages, timeout=run.round_timeout)
             client_eval = strategy.aggregate_evaluate(server_round, eval_replies)
         if strategy.is_eval_round(server_round):
@@ -160,6 +163,7 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict) -> None:
             server_eval, replies.get(server_round, {}), strategy.dropped.get(server_round, []),
         )
         outputs.record_round(summary)
+        metrics.record_server_round(run_id, summary, run.num_server_rounds, len(train_messages), sent_bytes)
         if tracker is not None:
             tracker.log_round(summary)
         log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
@@ -169,9 +173,11 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict) -> None:
             preprocessor, postprocessor = models.build_processors(server.config, unflatten_stats(stats))
             final = outputs.models / f"checkpoint_round_{server_round}"
             card = outputs.model_card(run, server_round, node_datasets, summary, tracker.url if tracker else None)
-            metrics = {"round": server_round, "server-eval-loss": outputs.server_eval.get(server_round),
-                       "train-loss": summary["train-loss"], "nodes": node_datasets}
-            save_checkpoint(final, server.policy, preprocessor, postprocessor, metrics, card)
+            checkpoint_metrics = {"round": server_round, "server-eval-loss": outputs.server_eval.get(server_round),
+                                  "train-loss": summary["train-loss"], "nodes": node_datasets}
+            save_started = time.perf_counter()
+            save_checkpoint(final, server.policy, preprocessor, postprocessor, checkpoint_metrics, card)
+            metrics.record_checkpoint(run_id, server_round, time.perf_counter() - save_started)
             log.info("checkpoint_saved", round=server_round, path=str(final))
         if stop:
             log.info("early_stop", round=server_round, best=early_stop.best)

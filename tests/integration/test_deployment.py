@@ -71,4 +71,4 @@ def test_node_with_a_bad_dataset_stops_before_joining(tmp_path):
                      "--model", "embedded:tiny", timeout=300)
     assert result.returncode == 2
     assert "no camera 'observation.images.wrist'" in result.stderr
-    assert "supernode_exec" not in result.stderr
+    assert "supernode_start" not in result.stderr

@@ -1,0 +1,199 @@
+"""The federation in containers, end to end: `docker compose build`, `docker compose up -d`, the `submit` service
+runs a 2-round FedProx run of the embedded default on 2 SuperNode containers, and then the real Prometheus, the
+outputs volume, the images and a misconfigured node are checked. One federation serves every test here; it is
+taken down with its volumes at the end, also on failure.
+
+Without Docker the module skips, except under CI=true, where a missing Docker is a failure (.ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.launch import free_port
+from tests.helpers import write_dataset_with
+from tests.integration.conftest import assert_run_outputs
+
+REPO = Path(__file__).resolve().parents[2]
+ROUNDS = 2
+FAKE_TOKEN = "hf_ContainerLeakCheck0123456789abcdefXYZ"  # must appear in no image, layer or log
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(2700)]
+
+
+def docker_ready() -> bool:
+    try:
+        return all(subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+                   for cmd in (["docker", "info"], ["docker", "compose", "version"]))
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@dataclass
+class Federation:
+    project: str
+    env: dict[str, str]
+    prometheus: str
+    outputs: Path
+    submit_code: int
+
+    def compose(self, *args: str, timeout: float = 600, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+        result = subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=REPO, env=self.env,
+                                capture_output=True, text=True, timeout=timeout, **kwargs)
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker compose {' '.join(args)} exited {result.returncode}:\n"
+                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
+    def query(self, promql: str) -> list[dict]:
+        url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def scrape(self, service: str, port: int) -> str:
+        fetch = f"import urllib.request,sys; sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())"
+        return self.compose("exec", "-T", service, "python3", "-c", fetch).stdout
+
+
+def trust_this_machines_extra_cas() -> None:
+    """A build behind a TLS-intercepting proxy needs its CA (images/ca-certificates/README.md): the CAs this
+    machine added locally are exactly those."""
+    for cert in Path("/usr/local/share/ca-certificates").glob("*.crt"):
+        shutil.copy(cert, REPO / "images" / "ca-certificates" / cert.name)
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory) -> Federation:
+    if not docker_ready():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but Docker with Compose v2 is not available: .ci/run starts it with .ci/docker-offline.sh")
+        pytest.skip("Docker with Compose v2 is not available here")
+    trust_this_machines_extra_cas()
+    ports = {name: free_port() for name in ("FEDVLA_API_PORT", "FEDVLA_FLEET_PORT", "FEDVLA_PROMETHEUS_PORT")}
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "HF_TOKEN": FAKE_TOKEN,
+           "FEDVLA_RUN_CONFIG": f"num-server-rounds={ROUNDS} local-steps=20"}
+    federation = Federation(f"fedvla-test-{os.getpid()}", env, f"http://127.0.0.1:{ports['FEDVLA_PROMETHEUS_PORT']}",
+                            tmp_path_factory.mktemp("compose-outputs"), submit_code=-1)
+    try:
+        federation.compose("build", timeout=1800)
+        federation.compose("up", "-d", timeout=900)
+        federation.submit_code = wait_for_exit(federation, "submit", timeout=1800)
+        federation.compose("cp", "serverapp:/var/lib/fedvla/outputs/.", str(federation.outputs))
+        wait_for_final_round_in_prometheus(federation)
+        yield federation
+    finally:
+        logs = federation.compose("logs", "--no-color", check=False).stdout
+        (tmp_path_factory.getbasetemp() / "compose.log").write_text(logs)
+        federation.compose("down", "-v", "--remove-orphans", timeout=300, check=False)
+
+
+def wait_for_exit(federation: Federation, service: str, timeout: float) -> int:
+    """The exit code of a one-shot service (`docker compose wait` fails on one that has already exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = json.loads(federation.compose("ps", "-a", "--format", "json", service).stdout.splitlines()[0])
+        if state["State"] == "exited":
+            return int(state["ExitCode"])
+        time.sleep(5)
+    raise TimeoutError(f"{service} still running after {timeout} s")
+
+
+def wait_for_final_round_in_prometheus(federation: Federation, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if [float(r["value"][1]) for r in federation.query("max(fedvla_server_round)")] == [ROUNDS]:
+            return
+        time.sleep(3)
+
+
+def test_the_run_finishes(federation):
+    logs = federation.compose("logs", "--no-color", "submit").stdout
+    assert federation.submit_code == 0, logs[-4000:]
+    assert "finished:completed" in logs
+
+
+def test_outputs_and_final_checkpoint_reload_with_plain_lerobot(federation):
+    (run_dir,) = [p for p in federation.outputs.iterdir() if p.is_dir()]
+    assert_run_outputs(run_dir, ROUNDS, ["operator_0", "operator_1"])
+    checkpoint = f"/var/lib/fedvla/outputs/{run_dir.name}/models/checkpoint_round_{ROUNDS}"
+    reload = (
+        "from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy\n"
+        "from lerobot.policies.factory import make_pre_post_processors\n"
+        f"policy = SmolVLAPolicy.from_pretrained({checkpoint!r})\n"
+        f"pre, post = make_pre_post_processors(policy.config, pretrained_path={checkpoint!r})\n"
+        "print('reloaded', type(policy).__name__, sum(p.numel() for p in policy.parameters()), len(pre.steps))\n"
+    )
+    result = federation.compose("exec", "-T", "serverapp", "python", "-c", reload, timeout=300)
+    assert "reloaded SmolVLAPolicy" in result.stdout
+
+
+def test_prometheus_scraped_the_server_and_every_node(federation):
+    targets = {}
+    with urllib.request.urlopen(f"{federation.prometheus}/api/v1/targets", timeout=10) as response:
+        for target in json.load(response)["data"]["activeTargets"]:
+            targets.setdefault(target["labels"]["job"], []).append(target["health"])
+    assert targets == {"superlink": ["up"], "serverapp": ["up"], "supernode": ["up", "up"]}
+    assert [float(r["value"][1]) for r in federation.query("fedvla_server_round")] == [ROUNDS]
+    assert [float(r["value"][1]) for r in federation.query("fedvla_server_rounds_planned")] == [ROUNDS]
+    assert len(federation.query("fedvla_server_eval_loss")) == 1
+    assert [float(r["value"][1]) for r in federation.query("fedvla_server_round_duration_seconds_count")] == [ROUNDS]
+    assert {r["metric"]["state"]: float(r["value"][1]) for r in federation.query("fedvla_server_round_nodes")} == {
+        "sampled": 2, "replied": 2, "dropped": 0}
+    assert [float(r["value"][1]) for r in federation.query("fedvla_server_last_checkpoint_round")] == [ROUNDS]
+    for metric in ("fedvla_node_train_loss", "fedvla_node_train_samples_per_second", "fedvla_node_sent_bytes_total",
+                   "fedvla_node_dataset_episodes", "fedvla_gpus", "fedvla_process_resident_memory_bytes"):
+        nodes = {r["metric"]["node"] for r in federation.query(f'{metric}{{job="supernode"}}')}
+        assert nodes == {"operator_0", "operator_1"}, metric
+    sent = sum(float(r["value"][1]) for r in federation.query("fedvla_node_sent_bytes_total"))
+    received = sum(float(r["value"][1]) for r in federation.query("fedvla_server_received_bytes_total"))
+    assert sent == received > 0
+
+
+def test_every_dashboard_panel_has_data(federation):
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "fedvla.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert len(exprs) >= 10
+    empty = [expr for expr in exprs if not federation.query(expr)]
+    assert empty == []
+
+
+@pytest.mark.parametrize(("service", "port"), [("superlink", 9402), ("serverapp", 9401), ("supernode-0", 9400)])
+def test_promtool_accepts_every_exporter(federation, service, port):
+    text = federation.scrape(service, port)
+    assert "fedvla_process_cpu_seconds_total" in text
+    check = federation.compose("exec", "-T", "prometheus", "promtool", "check", "metrics", input=text, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_images_run_as_non_root_and_hold_no_secret(federation):
+    for service in ("superlink", "serverapp", "supernode-0", "prometheus"):
+        assert federation.compose("exec", "-T", service, "id", "-u").stdout.strip() != "0", service
+    for image in ("fedvla-app:dev", "fedvla-superlink:dev", "fedvla-prometheus:dev"):
+        history = subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True, text=True).stdout
+        assert FAKE_TOKEN not in history and "HF_TOKEN=" not in history, image
+        found = subprocess.run(
+            ["docker", "run", "--rm", "--user", "0", "--entrypoint", "grep", image, "-rlsF", FAKE_TOKEN,
+             "/opt", "/etc", "/home", "/usr/local", "/var/lib"], capture_output=True, text=True, timeout=600)
+        assert found.returncode == 1 and found.stdout == "", (image, found.stdout)  # grep: 1 = no match
+    assert FAKE_TOKEN not in federation.compose("logs", "--no-color").stdout
+
+
+def test_a_node_whose_dataset_does_not_fit_exits_before_joining(federation, tmp_path):
+    bad = write_dataset_with(tmp_path / "recordings", drop=("observation.images.wrist",))
+    bad.chmod(0o755)
+    result = federation.compose("run", "--rm", "--no-deps", "-v", f"{bad}:/data/recordings:ro",
+                                "-e", "FEDVLA_DATASET=/data/recordings", "supernode-0", check=False, timeout=300)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "no camera 'observation.images.wrist'" in result.stderr
+    assert "Traceback" not in result.stderr and "supernode_start" not in result.stderr
