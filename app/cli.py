@@ -134,7 +134,7 @@ def _node(args: argparse.Namespace) -> int:
     import os
     import shutil
 
-    from app.config import RunConfig
+    from app.config import NodeConfig, RunConfig
     from app.launch import config_arg
     from app.node import check_node_dataset
 
@@ -158,8 +158,9 @@ def _node(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from app.exporter import supervise
 
-        return supervise(command, args.metrics_port, args.metrics_address, node=args.name or None, dataset=dataset,
-                         role="supernode")
+        # Labelled as the node's ClientApps label their own metrics, so the two join in Prometheus.
+        name = NodeConfig.from_mapping(node_config).label()
+        return supervise(command, args.metrics_port, args.metrics_address, node=name, dataset=dataset, role="supernode")
     os.execvp(command[0], command)  # the node's process becomes the SuperNode: signals reach it directly
 
 

@@ -141,7 +141,8 @@ def build_registry(multiprocess_dir: str, node: str | None = None, dataset: Data
             ("fedvla_node_dataset_episodes", "Episodes in this node's dataset", dataset.episodes),
             ("fedvla_node_dataset_frames", "Frames in this node's dataset", dataset.frames),
         ):
-            Gauge(name, documentation, list(labels), registry=registry).labels(*labels.values()).set(value)
+            gauge = Gauge(name, documentation, list(labels), registry=registry)
+            (gauge.labels(**labels) if labels else gauge).set(value)
     return registry
 
 

@@ -96,3 +96,8 @@ def test_the_readme_lists_every_metric(tmp_path):
     section = readme.split("## Metrics reference", 1)[1].split("\n## ", 1)[0]
     listed = {m.removesuffix("_total") for m in re.findall(r"`(fedvla_[a-z0-9_]+)`", section)}
     assert exported_metric_names(tmp_path) == listed
+
+
+def test_an_unnamed_exporter_still_reports_its_dataset(tmp_path):
+    registry = build_registry(str(tmp_path), dataset=DatasetSize(episodes=3, frames=120))
+    assert registry.get_sample_value("fedvla_node_dataset_frames") == 120
