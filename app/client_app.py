@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from app import metrics as node_metrics
 from app.config import NodeConfig, RunConfig, fedvla_home
 from app.errors import ModelError
+from app.node import RECEIVED_EVAL_LOSS
 from app.telemetry import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -61,7 +62,10 @@ def train(msg: Message, context: Context) -> Message:
     received = msg.content["arrays"]
     config = msg.content["config"]
     server_round = int(config["server-round"])
-    result = learner.train_round(received.to_torch_state_dict(), _stats(msg), float(config["lr"]), server_round)
+    result = learner.train_round(received.to_torch_state_dict(), _stats(msg), float(config["lr"]), server_round,
+                                 evaluate_first=bool(config.get("evaluate-received", False)))
+    if RECEIVED_EVAL_LOSS in result.metrics:
+        node_metrics.record_node_eval(context.run_id, node.label(), result.metrics[RECEIVED_EVAL_LOSS], 0)
     arrays = ArrayRecord(result.arrays)
     metrics = {
         **result.metrics,

@@ -8,6 +8,7 @@ Flower starts one ClientApp process per message in a deployment (and reuses Ray 
 from __future__ import annotations
 
 import functools
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,9 @@ from app.telemetry import get_logger
 
 log = get_logger(__name__)
 
+# A train round's metrics when the node first evaluated the global model it received (the previous round's).
+RECEIVED_EVAL_LOSS = "received-eval-loss"
+RECEIVED_EVAL_EXAMPLES = "received-eval-examples"
 NORMALIZED_KEYS = ("observation.state", "action")  # SmolVLA normalizes state and action; images pass through
 STAT_FIELDS = ("mean", "std", "min", "max", "count")
 
@@ -111,20 +115,38 @@ class Learner:
         )
         self.policy = models.build_policy(run.model, self.config)
         self.fingerprint = models.frozen_fingerprint(self.policy)
+        self._processors: tuple[str, tuple] | None = None
 
     def local_stats(self) -> dict[str, list[float]]:
         return flatten_stats(self.data.meta.stats)
+
+    def processors(self, stats: dict[str, Any]):
+        """LeRobot's pre/post-processors for the federation's stats, built once: the stats stay the same for a run
+        (building loads the tokenizer from disk)."""
+        from app import model as models
+
+        key = json.dumps(stats, sort_keys=True)
+        if self._processors is None or self._processors[0] != key:
+            self._processors = (key, models.build_processors(self.config, unflatten_stats(stats)))
+        return self._processors[1]
 
     def _prepare(self, arrays: dict, stats: dict[str, Any]):
         from app import model as models
 
         models.load_trainable_state(self.policy, arrays)
-        return models.build_processors(self.config, unflatten_stats(stats))
+        return self.processors(stats)
 
-    def train_round(self, arrays: dict, stats: dict[str, Any], lr: float, server_round: int) -> RoundResult:
+    def train_round(self, arrays: dict, stats: dict[str, Any], lr: float, server_round: int,
+                    evaluate_first: bool = False) -> RoundResult:
+        """Train on the global `arrays`; with `evaluate_first`, measure their held-out loss before training moves
+        them (one message per round carries both)."""
         from app import model as models
         from app.train import TrainSettings, train
 
+        evaluated = {}
+        if evaluate_first:
+            held_out = self.evaluate(arrays, stats)
+            evaluated = {RECEIVED_EVAL_LOSS: held_out["eval-loss"], RECEIVED_EVAL_EXAMPLES: held_out["num-examples"]}
         preprocessor, _ = self._prepare(arrays, stats)
         settings = TrainSettings(
             steps=self.run.steps_for(len(self.data.train)),
@@ -145,6 +167,7 @@ class Learner:
                 "num-examples": result.samples,
                 "steps": result.steps,
                 "compute-seconds": result.seconds,
+                **evaluated,
             },
         )
 

@@ -125,7 +125,9 @@ class RunOutputs:
         write_json_atomic(self.server / f"round_{server_round}_server_eval.json", {"round": server_round, **metrics})
 
     def record_round(self, summary: dict) -> None:
-        self.rounds.append(summary)
+        """Add a round's summary, or replace it: a round's client evaluation arrives with the next round's replies."""
+        self.rounds = [r for r in self.rounds if r["round"] != summary["round"]] + [summary]
+        self.rounds.sort(key=lambda r: r["round"])
         write_json_atomic(self.server / "federated_metrics.json", {"rounds": self.rounds})
 
     def model_card(self, run, server_round: int, node_datasets: dict[str, str], summary: dict,
@@ -187,8 +189,9 @@ def _nan(value: float | None) -> float:
 
 
 def round_summary(server_round: int, lr: float, wall_seconds: float, train_metrics, client_eval, server_eval,
-                  per_node: dict[str, dict], dropped: list[str]) -> dict:
-    """One round of federated_metrics.json: the averaged metrics and, per node, loss, samples, compute and bytes."""
+                  per_node: dict[str, dict], dropped: list[str], server_work: dict[str, float] | None = None) -> dict:
+    """One round of federated_metrics.json: the averaged metrics, the server's own work in seconds (evaluation,
+    checkpoint) and, per node, loss, samples, compute and bytes."""
     nodes = {}
     for name, kinds in per_node.items():
         train, evaluate = kinds.get("train", {}), kinds.get("evaluate", {})
@@ -208,6 +211,7 @@ def round_summary(server_round: int, lr: float, wall_seconds: float, train_metri
         "train-loss": float(train_metrics["train-loss"]),
         "client-eval-loss": float(client_eval["eval-loss"]) if client_eval else None,
         "server-eval-loss": float(server_eval["eval-loss"]) if server_eval else None,
+        **(server_work or {}),
         "nodes": nodes,
         "dropped": dropped,
     }

@@ -9,6 +9,7 @@ model or the server's evaluation dataset is wrong.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -108,7 +109,7 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
     from app.checkpoint import save_checkpoint
     from app.errors import ConfigError
     from app.hub import push_checkpoint, should_push
-    from app.node import Learner, unflatten_stats
+    from app.node import Learner
     from app.report import round_summary
     from app.strategy import FedVLA
 
@@ -140,6 +141,18 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         tracker.log_initial(initial["eval-loss"], first_round - 1)
     early_stop = EarlyStop(run.early_stop_patience, run.early_stop_min_delta)
 
+    def summarize(server_round: int, wall_seconds: float, train_metrics, server_eval, server_work: dict) -> dict:
+        return round_summary(
+            server_round, run.round_lr(server_round), wall_seconds, train_metrics, strategy.client_eval.get(server_round),
+            server_eval, replies.get(server_round, {}), strategy.dropped.get(server_round, []), server_work,
+        )
+
+    def complete(summary: dict) -> None:
+        outputs.record_round(summary)
+        if tracker is not None:
+            tracker.log_round(summary)
+
+    awaiting_client_eval = None  # re-summarizes the last round once the nodes' evaluation of its model is in
     for server_round in range(first_round, run.num_server_rounds + 1):
         started = time.perf_counter()
         log.info("round_start", round=server_round, lr=run.round_lr(server_round))
@@ -150,35 +163,45 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         if new_arrays is None:
             raise RuntimeError(f"round {server_round}: no node returned a usable update: {strategy.dropped[server_round]}")
         arrays = new_arrays
-        client_eval = server_eval = None
-        if messages := strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid):
-            sent_bytes += len(messages) * metrics.arrays_bytes(arrays)
-            eval_replies = grid.send_and_receive(messages, timeout=run.round_timeout)
-            client_eval = strategy.aggregate_evaluate(server_round, eval_replies)
+        if awaiting_client_eval is not None:  # these train replies carried the evaluation of the last round's model
+            complete(awaiting_client_eval())
+            awaiting_client_eval = None
+
+        server_started = time.perf_counter()
+        server_eval = None
         if strategy.is_eval_round(server_round):
             server_eval = server.evaluate(arrays.to_torch_state_dict(), stats)
             outputs.record_server_eval(server_round, server_eval)
-        summary = round_summary(
-            server_round, run.round_lr(server_round), time.perf_counter() - started, train_metrics, client_eval,
-            server_eval, replies.get(server_round, {}), strategy.dropped.get(server_round, []),
-        )
-        outputs.record_round(summary)
-        metrics.record_server_round(run_id, summary, run.num_server_rounds, len(train_messages), sent_bytes)
-        if tracker is not None:
-            tracker.log_round(summary)
-        log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
+        server_work = {"server-eval-seconds": time.perf_counter() - server_started}
         stop = server_eval is not None and early_stop.should_stop(server_eval["eval-loss"])
+        last = stop or server_round == run.num_server_rounds
+        if last:  # no next round will carry the final model's evaluation: it gets evaluate messages of its own
+            messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+            sent_bytes += len(messages) * metrics.arrays_bytes(arrays)
+            strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=run.round_timeout))
+        wall_seconds = time.perf_counter() - started
+        summary = summarize(server_round, wall_seconds, train_metrics, server_eval, server_work)
+        metrics.record_server_round(run_id, summary, run.num_server_rounds, len(train_messages), sent_bytes)
+        log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
         if should_checkpoint(server_round, run, stop):
+            save_started = time.perf_counter()
             models.load_trainable_state(server.policy, arrays.to_torch_state_dict())
-            preprocessor, postprocessor = models.build_processors(server.config, unflatten_stats(stats))
+            preprocessor, postprocessor = server.processors(stats)
             final = outputs.models / f"checkpoint_round_{server_round}"
             card = outputs.model_card(run, server_round, node_datasets, summary, tracker.url if tracker else None)
             checkpoint_metrics = {"round": server_round, "server-eval-loss": outputs.server_eval.get(server_round),
                                   "train-loss": summary["train-loss"], "nodes": node_datasets}
-            save_started = time.perf_counter()
             save_checkpoint(final, server.policy, preprocessor, postprocessor, checkpoint_metrics, card)
-            metrics.record_checkpoint(run_id, server_round, time.perf_counter() - save_started)
+            server_work["checkpoint-seconds"] = time.perf_counter() - save_started
+            metrics.record_checkpoint(run_id, server_round, server_work["checkpoint-seconds"])
             log.info("checkpoint_saved", round=server_round, path=str(final))
+            summary = summarize(server_round, wall_seconds, train_metrics, server_eval, server_work)
+        if strategy.is_eval_round(server_round) and not last:
+            outputs.record_round(summary)  # on disk now; completed when the next round's replies bring client eval
+            awaiting_client_eval = functools.partial(summarize, server_round, wall_seconds, train_metrics, server_eval,
+                                                     server_work)
+        else:
+            complete(summary)
         if stop:
             log.info("early_stop", round=server_round, best=early_stop.best)
             break

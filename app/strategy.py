@@ -2,7 +2,9 @@
 
 - every message carries the federation's normalization stats, the round's learning rate and the fingerprint of
   the frozen base model (a node with a different base refuses to train instead of poisoning the average);
-- evaluation messages go out only every `eval-frequency` rounds (and in the last round);
+- one message per node per round: a node evaluates the global model it receives before it trains on it, when the
+  previous round was an evaluation round (every `eval-frequency` rounds), and reports that loss in its train
+  reply; only the final global model needs evaluate messages of its own;
 - replies are checked before they are averaged: a failed node, a reply with missing or non-finite arrays, or a
   zero sample count is dropped and logged, not averaged in;
 - each node's reply metrics are kept per round for the run report.
@@ -21,6 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedProx
 
 from app.config import RunConfig
+from app.node import RECEIVED_EVAL_EXAMPLES, RECEIVED_EVAL_LOSS
 from app.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -86,6 +89,7 @@ class FedVLA(FedProx):
         self.trainable_keys = trainable_keys
         self.on_replies = on_replies
         self.dropped: dict[int, list[str]] = defaultdict(list)
+        self.client_eval: dict[int, dict[str, float]] = {}  # round -> held-out loss of that round's global model
 
     def _with_shared_records(self, messages: Iterable[Message]) -> list[Message]:
         messages = list(messages)
@@ -96,6 +100,8 @@ class FedVLA(FedProx):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         config["lr"] = self.run.round_lr(server_round)
+        # The arrays sent are the global model after the previous round: evaluate it on the way, if that was due.
+        config["evaluate-received"] = server_round > 1 and self.is_eval_round(server_round - 1)
         return self._with_shared_records(super().configure_train(server_round, arrays, config, grid))
 
     def is_eval_round(self, server_round: int) -> bool:
@@ -124,10 +130,28 @@ class FedVLA(FedProx):
         good = self._screen("train", server_round, replies, self.trainable_keys)
         if not good:
             return None, None
+        self._received_eval(server_round - 1, [node_report(msg) for msg in good])
         return super().aggregate_train(server_round, good)
+
+    def _received_eval(self, evaluated_round: int, reports: list[NodeReport]) -> None:
+        """The nodes' held-out loss of round `evaluated_round`'s global model, from train replies that carry it:
+        reported as that round's evaluate replies, averaged by held-out samples."""
+        evaluated = [
+            NodeReport(r.node_id, r.name, r.dataset, {"eval-loss": r.metrics[RECEIVED_EVAL_LOSS],
+                                                      "num-examples": r.metrics[RECEIVED_EVAL_EXAMPLES]})
+            for r in reports if RECEIVED_EVAL_LOSS in r.metrics
+        ]
+        if not evaluated:
+            return
+        total = sum(r.metrics["num-examples"] for r in evaluated)
+        loss = sum(r.metrics["eval-loss"] * r.metrics["num-examples"] for r in evaluated) / total
+        self.client_eval[evaluated_round] = {"eval-loss": loss, "num-examples": total}
+        if self.on_replies is not None:
+            self.on_replies("evaluate", evaluated_round, evaluated)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         good = self._screen("evaluate", server_round, replies, None)
         if not good:
             return None
-        return super().aggregate_evaluate(server_round, good)
+        self.client_eval[server_round] = dict(super().aggregate_evaluate(server_round, good))
+        return self.client_eval[server_round]

@@ -22,8 +22,9 @@ def _context(run_config: dict) -> Context:
                    state=RecordDict(), run_config={**EMBEDDED_OVERRIDES, "local-steps": 3, **run_config})
 
 
-def _train_message(tiny_policy, operator0, fingerprint: str) -> Message:
-    config = ConfigRecord({"server-round": 1, "lr": 1e-3, "proximal-mu": 0.01, "base-fingerprint": fingerprint})
+def _train_message(tiny_policy, operator0, fingerprint: str, evaluate_received: bool = False) -> Message:
+    config = ConfigRecord({"server-round": 2, "lr": 1e-3, "proximal-mu": 0.01, "base-fingerprint": fingerprint,
+                           "evaluate-received": evaluate_received})
     return _message(RecordDict({
         "arrays": ArrayRecord(model.trainable_state(tiny_policy)),
         "config": config,
@@ -40,6 +41,18 @@ def test_train_reply_carries_arrays_metrics_and_traffic(tiny_policy, operator0):
     assert set(reply.content["arrays"].keys()) == set(model.trainable_state(tiny_policy))
     assert reply.content["node"]["node-name"] == "op0"
     assert reply.content["node"]["dataset"] == "embedded:operator-0"
+
+
+def test_a_train_message_can_first_evaluate_the_model_it_brings(tiny_policy, operator0):
+    """One message per round: the held-out loss of the received global model, measured before training moves it,
+    equals what a separate evaluate message would have reported."""
+    msg = _train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy), evaluate_received=True)
+    metrics = client_app.train(msg, _context({})).content["metrics"]
+    assert metrics["received-eval-examples"] == len(operator0.heldout)
+    evaluate = _message(RecordDict({key: msg.content[key] for key in ("arrays", "config", "norm-stats")}), "evaluate")
+    alone = client_app.evaluate(evaluate, _context({})).content["metrics"]
+    assert metrics["received-eval-loss"] == pytest.approx(alone["eval-loss"], rel=1e-6)
+    assert metrics["steps"] == 3
 
 
 def test_a_node_with_a_different_frozen_base_refuses_to_train(tiny_policy, operator0):

@@ -86,8 +86,25 @@ def test_train_messages_carry_lr_fingerprint_stats_and_mu():
     assert list(msg.content["norm-stats"]["action/mean"]) == [0.0]
 
 
-def test_evaluation_only_every_eval_frequency_rounds_and_at_the_end():
-    s, _ = strategy(**{"eval-frequency": 3})
+def test_nodes_evaluate_the_received_model_when_its_round_was_an_evaluation_round():
+    s, _ = strategy(**{"eval-frequency": 2, "num-server-rounds": 5})
     arrays = ArrayRecord({"w": Array(np.zeros(2))})
-    sent = [r for r in range(1, 5) if s.configure_evaluate(r, arrays, ConfigRecord(), FakeGrid())]
-    assert sent == [3, 4]
+    flags = {r: s.configure_train(r, arrays, ConfigRecord(), FakeGrid())[0].content["config"]["evaluate-received"]
+             for r in range(1, 6)}
+    assert flags == {1: False, 2: False, 3: True, 4: False, 5: True}  # rounds 2 and 4 were evaluation rounds
+    assert [r for r in range(1, 6) if s.is_eval_round(r)] == [2, 4, 5]
+
+
+def test_evaluations_in_train_replies_count_for_the_previous_round():
+    s, seen = strategy()
+    evaluated = [train_reply(1, 1.0, 30), train_reply(2, 2.0, 30)]
+    for reply, (loss, examples) in zip(evaluated, ((0.5, 10), (2.0, 30))):
+        reply.content["metrics"]["received-eval-loss"] = loss
+        reply.content["metrics"]["received-eval-examples"] = examples
+    s.aggregate_train(3, evaluated)
+    assert s.client_eval[2]["eval-loss"] == pytest.approx((0.5 * 10 + 2.0 * 30) / 40)
+    assert 3 not in s.client_eval
+    kind, evaluated_round, reports = seen[-1]
+    assert (kind, evaluated_round) == ("evaluate", 2)
+    assert {r.name: r.metrics for r in reports} == {"n1": {"eval-loss": 0.5, "num-examples": 10},
+                                                   "n2": {"eval-loss": 2.0, "num-examples": 30}}

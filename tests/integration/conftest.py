@@ -38,6 +38,9 @@ def assert_run_outputs(run_dir: Path, rounds: int, clients: list[str]) -> dict:
     for r in metrics["rounds"]:
         assert r["wall-seconds"] >= r["max-compute-seconds"] > 0
         assert sorted(r["nodes"]) == sorted(clients)
+        # eval-frequency 1: every round's global model was evaluated by the nodes (in the next round's train
+        # message, or for the last round in evaluate messages of its own)
+        assert r["client-eval-loss"] > 0 and all(n["eval-loss"] > 0 for n in r["nodes"].values()), r
         assert all(n["bytes-sent"] > 0 and n["bytes-received"] > 0 for n in r["nodes"].values())
     return metrics
 
