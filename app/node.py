@@ -143,11 +143,11 @@ class Learner:
         from app import model as models
         from app.train import TrainSettings, train
 
-        evaluated = {}
-        if evaluate_first:
-            held_out = self.evaluate(arrays, stats)
-            evaluated = {RECEIVED_EVAL_LOSS: held_out["eval-loss"], RECEIVED_EVAL_EXAMPLES: held_out["num-examples"]}
         preprocessor, _ = self._prepare(arrays, stats)
+        evaluated = {}
+        if evaluate_first:  # on the weights just loaded: evaluation leaves them as they are
+            held_out = self._evaluate_loaded(preprocessor)
+            evaluated = {RECEIVED_EVAL_LOSS: held_out["eval-loss"], RECEIVED_EVAL_EXAMPLES: held_out["num-examples"]}
         settings = TrainSettings(
             steps=self.run.steps_for(len(self.data.train)),
             batch_size=self.run.batch_size,
@@ -172,9 +172,12 @@ class Learner:
         )
 
     def evaluate(self, arrays: dict, stats: dict[str, Any]) -> dict[str, float]:
+        preprocessor, _ = self._prepare(arrays, stats)
+        return self._evaluate_loaded(preprocessor)
+
+    def _evaluate_loaded(self, preprocessor) -> dict[str, float]:
         from app.evaluate import evaluate
 
-        preprocessor, _ = self._prepare(arrays, stats)
         result = evaluate(self.policy, preprocessor, self.data.heldout, batch_size=max(8, self.run.batch_size))
         return {"eval-loss": result.loss, "num-examples": result.samples}
 
