@@ -1,6 +1,8 @@
 """`fedvla`: the project's command line.
 
   fedvla train   standalone (centralized) fine-tuning of one dataset: the baseline
+  fedvla node    an operator's SuperNode: a warm worker that checks the dataset and does the work, beside
+                 flower-supernode
   fedvla demo    a real federation on this machine: SuperLink + SuperNodes + `flwr run`, embedded data
   fedvla push    push a saved checkpoint to the Hugging Face Hub
 
@@ -127,25 +129,38 @@ def _add_node_parser(sub) -> None:
     p.add_argument("--metrics-port", type=_positive_int,
                    help="serve this node's Prometheus metrics (training, traffic, GPU, CPU, memory) on this port")
     p.add_argument("--metrics-address", default="0.0.0.0", help="address the metrics port binds (default all)")
+    p.add_argument("--worker-stall-seconds", type=_positive_float, default=1800.0,
+                   help="restart the warm worker when a message makes no progress this long (default 1800)")
     p.set_defaults(handler=_node)
 
 
 def _node(args: argparse.Namespace) -> int:
+    import contextlib
     import os
     import shutil
+    import tempfile
 
+    from app import supervisor, worker
     from app.config import NodeConfig, RunConfig
+    from app.exporter import metrics_endpoint
     from app.launch import config_arg
-    from app.node import check_node_dataset
 
     defaults = RunConfig()
-    camera_map = defaults.camera_map if args.camera_map is None else args.camera_map
-    dataset = check_node_dataset(args.dataset_uri, args.model or defaults.model, args.fps, args.cameras, camera_map)
+    check = {"dataset-uri": args.dataset_uri, "model": args.model or defaults.model, "fps": args.fps,
+             "cameras": args.cameras, "camera-map": defaults.camera_map if args.camera_map is None else args.camera_map}
     if args.check_only:
+        from app.node import check_node_dataset
+
+        check_node_dataset(*check.values())
         return 0
     node_config = {"dataset-uri": args.dataset_uri, **({"name": args.name} if args.name else {})}
     if args.camera_map is not None:
         node_config["camera-map"] = args.camera_map
+    # Labelled as the node's ClientApps label their own metrics and logs, so the two join.
+    name = NodeConfig.from_mapping(node_config).label()
+    socket_dir = Path(tempfile.mkdtemp(prefix="fedvla-node-"))  # 0700: the worker's socket is the node's alone
+    socket_path = socket_dir / "worker.sock"
+    node_config |= {"worker-socket": str(socket_path), "worker-stall-seconds": args.worker_stall_seconds}
     command = [shutil.which("flower-supernode") or "flower-supernode", "--superlink", args.superlink,
                "--node-config", config_arg(node_config), "--port", str(args.clientappio_port)]
     if args.insecure:
@@ -154,14 +169,20 @@ def _node(args: argparse.Namespace) -> int:
         command += ["--root-certificates", str(args.root_certificates)]
     if args.auth_private_key:
         command += ["--auth-supernode-private-key", str(args.auth_private_key)]
-    log.info("supernode_start", superlink=args.superlink, name=args.name, metrics_port=args.metrics_port)
-    if args.metrics_port:
-        from app.exporter import supervise
-
-        # Labelled as the node's ClientApps label their own metrics, so the two join in Prometheus.
-        name = NodeConfig.from_mapping(node_config).label()
-        return supervise(command, args.metrics_port, args.metrics_address, node=name, dataset=dataset, role="supernode")
-    os.execvp(command[0], command)  # the node's process becomes the SuperNode: signals reach it directly
+    metrics = (metrics_endpoint(args.metrics_port, args.metrics_address, node=name, role="supernode")
+               if args.metrics_port else contextlib.nullcontext(dict(os.environ)))
+    try:
+        with metrics as env:
+            # The SuperNode's executor looks for new messages every second by default: a fifth of that is cheap.
+            env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
+            # The worker imports torch and LeRobot and checks the dataset (the node joins only if it fits), then
+            # stays up for every message of every run; flower-supernode starts once it listens.
+            warm = worker.start([sys.executable, "-m", "app.worker", "--socket", str(socket_path), "--name", name,
+                                 *(f"--{key}={value}" for key, value in check.items())], env, socket_path)
+            log.info("supernode_start", superlink=args.superlink, name=name, metrics_port=args.metrics_port)
+            return supervisor.run(command, env, role="supernode", helper=warm)
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _add_demo_parser(sub) -> None:

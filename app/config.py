@@ -225,6 +225,8 @@ class NodeConfig:
     num_partitions: int | None = None
     name: str = ""
     camera_map: str | None = None  # this node's dataset camera names -> the policy's; None: the run's camera-map
+    worker_socket: str = ""  # the node's warm worker (app/worker.py), set by `fedvla node`; "" = work in-process
+    worker_stall_seconds: float = 1800.0  # a worker making no progress this long is restarted
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> NodeConfig:
@@ -235,6 +237,8 @@ class NodeConfig:
             num_partitions=_int(raw, "num-partitions", 1, 1) if has_partition else None,
             name=_str(raw, "name", ""),
             camera_map=_str(raw, "camera-map", "") if "camera-map" in raw else None,
+            worker_socket=_str(raw, "worker-socket", ""),
+            worker_stall_seconds=_float(raw, "worker-stall-seconds", 1800.0, 1.0),
         )
         if config.camera_map is not None:
             parse_camera_map(config.camera_map)

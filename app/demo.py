@@ -69,16 +69,13 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=Non
     from app import embedded
     from app.checkpoint import list_checkpoints
     from app.launch import Deployment
-    from app.node import check_node_dataset
 
     run_config = {**EMBEDDED_OVERRIDES, "min-train-nodes": num_nodes, "min-available-nodes": num_nodes,
                   **run_overrides, "output-dir": str(output_dir.resolve())}
     run = RunConfig.from_mapping(run_config)  # fail here, before any process starts
     embedded.ensure_base_model()
     embedded.ensure_server_eval_dataset()
-    datasets = [str(embedded.ensure_operator_dataset(i)) for i in range(num_nodes)]
-    for uri in datasets:
-        check_node_dataset(uri, run_config["model"], 30, run.cameras, run.camera_map)
+    datasets = [str(embedded.ensure_operator_dataset(i)) for i in range(num_nodes)]  # each node checks its own
 
     workdir = Path(tempfile.mkdtemp(prefix="fedvla-demo-"))
     with Deployment(workdir) as deployment:

@@ -7,7 +7,6 @@ flower-superexec or flower-supernode) as its child, serves /metrics, and exits w
   - the GPUs of this machine through NVML: utilization, memory, power, temperature (zero GPUs where there are
     none, or no NVIDIA driver);
   - CPU time and resident memory of the whole process tree: the Flower process and everything it started;
-  - on a SuperNode, the size of its dataset.
 It imports neither torch nor LeRobot: the SuperLink image has neither, and a scrape answers in milliseconds.
 
     python -m app.exporter --port 9400 --role supernode --node alice -- flower-supernode ...
@@ -18,12 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from contextlib import contextmanager
 
 from app.telemetry import configure_logging, get_logger
 
@@ -121,14 +118,8 @@ class ProcessTreeCollector:
             yield family
 
 
-@dataclass(frozen=True)
-class DatasetSize:
-    episodes: int
-    frames: int
-
-
-def build_registry(multiprocess_dir: str, node: str | None = None, dataset: DatasetSize | None = None):
-    from prometheus_client import CollectorRegistry, Gauge
+def build_registry(multiprocess_dir: str, node: str | None = None):
+    from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     labels = {"node": node} if node else {}
@@ -136,39 +127,36 @@ def build_registry(multiprocess_dir: str, node: str | None = None, dataset: Data
     MultiProcessCollector(registry, path=multiprocess_dir)
     registry.register(GpuCollector(labels))
     registry.register(ProcessTreeCollector(labels))
-    if dataset is not None:
-        for name, documentation, value in (
-            ("fedvla_node_dataset_episodes", "Episodes in this node's dataset", dataset.episodes),
-            ("fedvla_node_dataset_frames", "Frames in this node's dataset", dataset.frames),
-        ):
-            gauge = Gauge(name, documentation, list(labels), registry=registry)
-            (gauge.labels(**labels) if labels else gauge).set(value)
     return registry
 
 
-def supervise(command: Sequence[str], port: int, address: str = "0.0.0.0", node: str | None = None,
-              dataset: DatasetSize | None = None, role: str = "") -> int:
-    """Serve /metrics on address:port while `command` runs; forward SIGTERM/SIGINT to it; return its exit code."""
+@contextmanager
+def metrics_endpoint(port: int, address: str = "0.0.0.0", node: str | None = None,
+                     role: str = "") -> Iterator[dict[str, str]]:
+    """Serve /metrics on address:port for as long as the block runs; yields the environment the processes it
+    watches must get (their PROMETHEUS_MULTIPROC_DIR)."""
     from prometheus_client import start_http_server
 
     multiprocess_dir = tempfile.mkdtemp(prefix="fedvla-metrics-")  # fresh: no values of an earlier life
     try:
-        registry = build_registry(multiprocess_dir, node, dataset)
+        registry = build_registry(multiprocess_dir, node)
         server, _ = start_http_server(port, addr=address, registry=registry)
-        log.info("exporter_listening", role=role, address=f"{address}:{port}", node=node, command=command[0])
-        child = subprocess.Popen(list(command), env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": multiprocess_dir})
-
-        def forward(signum, _frame):
-            child.send_signal(signum)
-
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, forward)
-        code = child.wait()
-        log.info("supervised_process_exited", role=role, command=command[0], code=code)
-        server.shutdown()
-        return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell reports it
+        log.info("exporter_listening", role=role, address=f"{address}:{port}", node=node)
+        try:
+            yield {**os.environ, "PROMETHEUS_MULTIPROC_DIR": multiprocess_dir}
+        finally:
+            server.shutdown()
     finally:
         shutil.rmtree(multiprocess_dir, ignore_errors=True)
+
+
+def supervise(command: Sequence[str], port: int, address: str = "0.0.0.0", node: str | None = None,
+              role: str = "") -> int:
+    """Serve /metrics on address:port while `command` runs; forward SIGTERM/SIGINT to it; return its exit code."""
+    from app import supervisor
+
+    with metrics_endpoint(port, address, node, role) as env:
+        return supervisor.run(command, env, role=role)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -109,8 +109,9 @@ class Deployment:
 
     def start_supernode(self, name: str, dataset_uri: str, model: str, fps: int = 30, threads: int | None = None,
                         cameras: str = "auto", camera_map: str | None = None) -> None:
-        """Start `fedvla node` (dataset check, then flower-supernode). `threads` caps each ClientApp's CPU threads:
-        nodes sharing one machine would otherwise oversubscribe its cores and all run slower."""
+        """Start `fedvla node` (its warm worker checks the dataset, then flower-supernode starts beside it).
+        `threads` caps each node's CPU threads: nodes sharing one machine would otherwise oversubscribe its cores
+        and all run slower."""
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else None
         self._spawn(name, [
             sys.executable, "-m", "app.cli", "node",

@@ -57,6 +57,15 @@ NODE_SENT_BYTES = Counter("fedvla_node_sent_bytes", "Model bytes sent to the ser
 NODE_RECEIVED_BYTES = Counter("fedvla_node_received_bytes", "Model bytes received from the server", NODE_LABELS)
 NODE_EVAL_LOSS = _gauge("fedvla_node_eval_loss", "Held-out loss of the global model on this node's data",
                         NODE_LABELS)
+NODE_DATASET_EPISODES = _gauge("fedvla_node_dataset_episodes", "Episodes in this node's dataset", ("node",))
+NODE_DATASET_FRAMES = _gauge("fedvla_node_dataset_frames", "Frames in this node's dataset", ("node",))
+
+# The node's warm worker (app/worker.py): long-lived, so not per run.
+WORKER_STARTS = Counter("fedvla_node_worker_starts", "Times the node's warm worker started (restarts = starts - 1)",
+                        ("node",))
+WORKER_MESSAGES = Counter("fedvla_node_worker_messages", "Messages the warm worker served", ("node", "kind"))
+WORKER_POLICY_BUILDS = Counter("fedvla_node_worker_policy_builds",
+                               "Policies (with dataset and processors) the warm worker built: one per run", ("node",))
 
 
 def arrays_bytes(arrays) -> int:
@@ -111,3 +120,16 @@ def record_node_eval(run_id: int, node: str, eval_loss: float, received_bytes: i
     labels = (str(run_id), node)
     NODE_EVAL_LOSS.labels(*labels).set(eval_loss)
     NODE_RECEIVED_BYTES.labels(*labels).inc(received_bytes)
+
+
+def record_worker_start(node: str, episodes: int, frames: int) -> None:
+    """A worker started, having checked its node's dataset (of this size)."""
+    WORKER_STARTS.labels(node).inc()
+    NODE_DATASET_EPISODES.labels(node).set(episodes)
+    NODE_DATASET_FRAMES.labels(node).set(frames)
+
+
+def record_worker_message(node: str, kind: str, built_policy: bool) -> None:
+    WORKER_MESSAGES.labels(node, kind).inc()
+    if built_policy:
+        WORKER_POLICY_BUILDS.labels(node).inc()

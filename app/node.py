@@ -1,21 +1,19 @@
 """What a federation participant does with plain Python objects: the learning side of a ClientApp and of the
 ServerApp's evaluation. Knows nothing of Flower; client_app.py and server_app.py translate messages to calls.
 
-Flower starts one ClientApp process per message in a deployment (and reuses Ray workers in a simulation), so a
-`Learner` is cached per process and built from what is on the node's disk: the model directory, the dataset.
+A `Learner` is built from what is on the node's disk (the model directory, the dataset) and kept warm between
+messages by app/worker.py.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from app.config import NodeConfig, RunConfig, parse_camera_map, parse_cameras, resolve_device
 from app.errors import ConfigError
-from app.exporter import DatasetSize
 from app.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -96,6 +94,12 @@ def policy_config_and_data(
 
 
 @dataclass(frozen=True)
+class DatasetSize:
+    episodes: int
+    frames: int
+
+
+@dataclass(frozen=True)
 class RoundResult:
     arrays: dict  # name -> torch.Tensor, the trainable parameters after local training
     metrics: dict[str, float]
@@ -137,7 +141,7 @@ class Learner:
         return self.processors(stats)
 
     def train_round(self, arrays: dict, stats: dict[str, Any], lr: float, server_round: int,
-                    evaluate_first: bool = False) -> RoundResult:
+                    evaluate_first: bool = False, on_step: Callable[[int, float], None] | None = None) -> RoundResult:
         """Train on the global `arrays`; with `evaluate_first`, measure their held-out loss before training moves
         them (one message per round carries both)."""
         from app import model as models
@@ -158,7 +162,7 @@ class Learner:
             proximal_mu=self.run.proximal_mu,
             seed=self.run.seed + server_round,
         )
-        result = train(self.policy, preprocessor, self.data.train, settings, reference=arrays)
+        result = train(self.policy, preprocessor, self.data.train, settings, reference=arrays, on_step=on_step)
         return RoundResult(
             arrays={k: v.to("cpu") for k, v in models.trainable_state(self.policy).items()},
             metrics={
@@ -180,20 +184,6 @@ class Learner:
 
         result = evaluate(self.policy, preprocessor, self.data.heldout, batch_size=max(8, self.run.batch_size))
         return {"eval-loss": result.loss, "num-examples": result.samples}
-
-
-@functools.lru_cache(maxsize=2)
-def cached_learner(run: RunConfig, dataset_uri: str, partition: tuple[int, int] | None,
-                   camera_map: str | None) -> Learner:
-    start = time.perf_counter()
-    learner = Learner(run, dataset_uri, partition, camera_map)
-    log.info("learner_ready", dataset=dataset_uri, partition=partition, seconds=round(time.perf_counter() - start, 2))
-    return learner
-
-
-def learner_for(run: RunConfig, node: NodeConfig) -> Learner:
-    uri, partition = node_dataset_uri(run, node)
-    return cached_learner(run, uri, partition, node.camera_map)
 
 
 def check_node_dataset(dataset_uri: str, model: str, fps: int, cameras: str, camera_map: str) -> DatasetSize:

@@ -10,7 +10,7 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
-from app.exporter import DatasetSize, build_registry
+from app.exporter import build_registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,18 +52,19 @@ def test_node_train_rates_come_from_the_reply():
 
 RECORD_IN_A_CHILD = """
 from app import metrics
+metrics.record_worker_start("alice", episodes=16, frames=640)
 metrics.record_node_train(7, "alice", {round}, {{"train-loss": {loss}, "steps": 10, "num-examples": 80,
                           "compute-seconds": 2.0, "bytes-sent": 100, "bytes-received": 100}})
 """
 
 
 def test_ended_processes_figures_reach_the_exporter(tmp_path):
-    """Two ClientApp-like processes record and exit; the exporter's registry sums their counters and keeps the
+    """Two ClientApp-like processes (or a worker and its restart) record and exit; the exporter's registry sums their counters and keeps the
     latest gauge, as Flower's one-process-per-message nodes need."""
     for server_round, loss in ((1, 0.9), (2, 0.7)):
         subprocess.run([sys.executable, "-c", RECORD_IN_A_CHILD.format(round=server_round, loss=loss)], check=True,
                        cwd=REPO, env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
-    registry = build_registry(str(tmp_path), node="alice", dataset=DatasetSize(episodes=16, frames=640))
+    registry = build_registry(str(tmp_path), node="alice")
     labels = {"run_id": "7", "node": "alice"}
     assert registry.get_sample_value("fedvla_node_train_loss", labels) == 0.7
     assert registry.get_sample_value("fedvla_node_round", labels) == 2
@@ -71,6 +72,7 @@ def test_ended_processes_figures_reach_the_exporter(tmp_path):
     assert registry.get_sample_value("fedvla_node_train_seconds_total", labels) == 4
     assert registry.get_sample_value("fedvla_node_dataset_episodes", {"node": "alice"}) == 16
     assert registry.get_sample_value("fedvla_node_dataset_frames", {"node": "alice"}) == 640
+    assert registry.get_sample_value("fedvla_node_worker_starts_total", {"node": "alice"}) == 2  # one restart
     assert registry.get_sample_value("fedvla_gpus", {"node": "alice"}) is not None
     assert registry.get_sample_value("fedvla_process_resident_memory_bytes", {"node": "alice"}) > 0
 
@@ -78,7 +80,7 @@ def test_ended_processes_figures_reach_the_exporter(tmp_path):
 def exported_metric_names(tmp_path) -> set[str]:
     metrics.record_node_eval(903, "bob", 1.0, 10)
     names = {f.name for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
-    exporter = build_registry(str(tmp_path), node="bob", dataset=DatasetSize(1, 1))
+    exporter = build_registry(str(tmp_path), node="bob")
     names |= {f.name for f in text_string_to_metric_families(generate_latest(exporter).decode())}
     names |= {"fedvla_gpu_utilization_ratio", "fedvla_gpu_memory_used_bytes", "fedvla_gpu_memory_total_bytes",
               "fedvla_gpu_power_watts", "fedvla_gpu_temperature_celsius"}  # only where NVML sees a GPU
@@ -96,8 +98,3 @@ def test_the_readme_lists_every_metric(tmp_path):
     section = readme.split("## Metrics reference", 1)[1].split("\n## ", 1)[0]
     listed = {m.removesuffix("_total") for m in re.findall(r"`(fedvla_[a-z0-9_]+)`", section)}
     assert exported_metric_names(tmp_path) == listed
-
-
-def test_an_unnamed_exporter_still_reports_its_dataset(tmp_path):
-    registry = build_registry(str(tmp_path), dataset=DatasetSize(episodes=3, frames=120))
-    assert registry.get_sample_value("fedvla_node_dataset_frames") == 120

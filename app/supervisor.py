@@ -1,0 +1,90 @@
+"""Keeps a container's (or an operator's) processes running: the main process, whose exit ends everything and
+whose exit code is returned, and optionally a companion that is restarted whenever it dies (the node's warm
+worker beside flower-supernode). SIGTERM and SIGINT go to both, so `docker stop` and Ctrl-C stop cleanly.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+
+from app.telemetry import get_logger
+
+log = get_logger(__name__)
+POLL_SECONDS = 0.2
+MAX_BACKOFF_SECONDS = 30.0
+HEALTHY_AFTER_SECONDS = 60.0  # a companion that ran this long before dying restarts at once again
+
+
+class Companion:
+    """A process restarted with exponential backoff each time it exits, until `stop`."""
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str], name: str):
+        self.command, self.env, self.name = list(command), dict(env), name
+        self.process: subprocess.Popen | None = None
+        self.backoff = 1.0
+        self.restart_at = 0.0
+        self.started_at = 0.0
+        self.starts = 0
+        self.stopping = False  # set once asked to stop: a companion that exits then stays down
+
+    def tend(self) -> None:
+        """Start it if it is due, note it if it died. Called every POLL_SECONDS."""
+        now = time.monotonic()
+        if self.process is None:
+            if now >= self.restart_at and not self.stopping:
+                self.process = subprocess.Popen(self.command, env=self.env)
+                self.started_at, self.starts = now, self.starts + 1
+                log.info("companion_started", name=self.name, pid=self.process.pid, starts=self.starts)
+            return
+        code = self.process.poll()
+        if code is None:
+            return
+        lived = now - self.started_at
+        self.backoff = 1.0 if lived > HEALTHY_AFTER_SECONDS else min(self.backoff * 2, MAX_BACKOFF_SECONDS)
+        self.restart_at = now + self.backoff
+        log.error("companion_exited", name=self.name, code=code, lived_seconds=round(lived, 1),
+                  restart_in_seconds=self.backoff)
+        self.process = None
+
+    def signal(self, signum: int) -> None:
+        self.stopping = True
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process is None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def run(command: Sequence[str], env: Mapping[str, str], role: str = "", helper: Companion | None = None) -> int:
+    """Run `command` to its end (with `helper`, already started, kept alive beside it); returns its exit code,
+    128 + N when killed by signal N, as a shell reports it."""
+    child = subprocess.Popen(list(command), env=dict(env))
+
+    def forward(signum, _frame):
+        child.send_signal(signum)
+        if helper is not None:
+            helper.signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while (code := child.poll()) is None:
+            if helper is not None:
+                helper.tend()
+            time.sleep(POLL_SECONDS)
+    finally:
+        if helper is not None:
+            helper.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    log.info("supervised_process_exited", role=role, command=command[0], code=code)
+    return code if code >= 0 else 128 - code
