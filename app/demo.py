@@ -39,6 +39,7 @@ class ServerProgress:
     def __init__(self, output_dir: Path, run_id: int, show):
         self.output_dir, self.run_id, self.show = output_dir, run_id, show
         self.position = 0
+        self.ended = False  # the ServerApp logged the end of its run
 
     def poll(self) -> None:
         try:
@@ -54,6 +55,7 @@ class ServerProgress:
                     break  # half-written: read it next time
                 self.position += len(line.encode())
                 record = json.loads(line)
+                self.ended = self.ended or record.get("event") in ("run_done", "run_failed")
                 if record.get("event") in self.EVENTS:
                     self.show(record)
 
@@ -88,7 +90,7 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=Non
         run_id = deployment.submit(APP_DIR, run_config)
         log.info("run_submitted", run_id=run_id, superlink=f"127.0.0.1:{deployment.control_port}")
         progress = ServerProgress(output_dir, run_id, on_event or (lambda record: None))
-        status = deployment.wait(run_id, on_poll=lambda _status: progress.poll())
+        status = deployment.wait(run_id, on_poll=progress.poll, ended=lambda: progress.ended)
         progress.poll()
         log.info("run_finished", run_id=run_id, status=status, seconds=round(time.time() - started, 1))
         run_dir = find_run_dir(output_dir, run_id)

@@ -122,12 +122,56 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
 
+def evaluate_final_model(grid: Grid, strategy, server_round: int, arrays: ArrayRecord, timeout: float) -> int:
+    """Evaluate messages for the run's final global model (no later train message carries it); "final" tells the
+    nodes' warm workers to free the run's policy once they have answered. Returns the bytes sent."""
+    from app import metrics
+
+    messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord({"final": True}), grid)
+    strategy.aggregate_evaluate(server_round, send_and_receive(grid, messages, timeout))
+    return len(messages) * metrics.arrays_bytes(arrays)
+
+
+def save_round_checkpoint(server, stats: dict, arrays: ArrayRecord, outputs, summary: dict,
+                          node_datasets: dict[str, str], tracker_url: str | None) -> tuple[Path, float]:
+    """The global model after `summary`'s round as a LeRobot checkpoint with its processors and model card.
+    Returns its path and the seconds it took."""
+    from app import model as models
+    from app.checkpoint import save_checkpoint
+
+    started = time.perf_counter()
+    server_round = summary["round"]
+    models.load_trainable_state(server.policy, arrays.to_torch_state_dict())
+    preprocessor, postprocessor = server.processors(stats)
+    path = outputs.models / f"checkpoint_round_{server_round}"
+    card = outputs.model_card(server.run, server_round, node_datasets, summary, tracker_url)
+    checkpoint_metrics = {"round": server_round, "server-eval-loss": outputs.server_eval.get(server_round),
+                          "train-loss": summary["train-loss"], "nodes": node_datasets}
+    save_checkpoint(path, server.policy, preprocessor, postprocessor, checkpoint_metrics, card)
+    log.info("checkpoint_saved", round=server_round, path=str(path))
+    return path, time.perf_counter() - started
+
+
+def push_final_checkpoint(run: RunConfig, final: Path) -> None:
+    """Push the last checkpoint to the Hub when the run asks; a failure is logged with the command to retry, as the
+    run's result is safe on disk."""
+    from app.hub import push_checkpoint, should_push
+
+    if should_push(run):
+        try:
+            push_checkpoint(final, run.hf_repo_id)
+        except Exception as exc:
+            log.error("hub_push_failed", repo_id=run.hf_repo_id, error=f"{type(exc).__name__}: {exc}",
+                      retry=f"fedvla push {final} --repo-id {run.hf_repo_id}")
+    elif run.hf_repo_id:
+        log.info("hub_push_skipped", why=f"num-server-rounds {run.num_server_rounds} < checkpoint-interval {run.checkpoint_interval}")
+
+
 def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int = 0) -> None:
     from app import metrics
     from app import model as models
-    from app.checkpoint import save_checkpoint
     from app.errors import ConfigError
-    from app.hub import push_checkpoint, should_push
+    from app.hub import should_push
     from app.node import Learner
     from app.report import round_summary
     from app.strategy import FedVLA
@@ -195,26 +239,15 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         stop = server_eval is not None and early_stop.should_stop(server_eval["eval-loss"])
         last = stop or server_round == run.num_server_rounds
         if last:  # no next round will carry the final model's evaluation: it gets evaluate messages of its own
-            # "final": the nodes' warm workers free the run's policy once they have answered
-            messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord({"final": True}), grid)
-            sent_bytes += len(messages) * metrics.arrays_bytes(arrays)
-            strategy.aggregate_evaluate(server_round, send_and_receive(grid, messages, run.round_timeout))
+            sent_bytes += evaluate_final_model(grid, strategy, server_round, arrays, run.round_timeout)
         wall_seconds = time.perf_counter() - started
         summary = summarize(server_round, wall_seconds, train_metrics, server_eval, server_work)
         metrics.record_server_round(run_id, summary, run.num_server_rounds, len(train_messages), sent_bytes)
         log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
         if should_checkpoint(server_round, run, stop):
-            save_started = time.perf_counter()
-            models.load_trainable_state(server.policy, arrays.to_torch_state_dict())
-            preprocessor, postprocessor = server.processors(stats)
-            final = outputs.models / f"checkpoint_round_{server_round}"
-            card = outputs.model_card(run, server_round, node_datasets, summary, tracker.url if tracker else None)
-            checkpoint_metrics = {"round": server_round, "server-eval-loss": outputs.server_eval.get(server_round),
-                                  "train-loss": summary["train-loss"], "nodes": node_datasets}
-            save_checkpoint(final, server.policy, preprocessor, postprocessor, checkpoint_metrics, card)
-            server_work["checkpoint-seconds"] = time.perf_counter() - save_started
+            final, server_work["checkpoint-seconds"] = save_round_checkpoint(
+                server, stats, arrays, outputs, summary, node_datasets, tracker.url if tracker else None)
             metrics.record_checkpoint(run_id, server_round, server_work["checkpoint-seconds"])
-            log.info("checkpoint_saved", round=server_round, path=str(final))
             summary = summarize(server_round, wall_seconds, train_metrics, server_eval, server_work)
         if strategy.is_eval_round(server_round) and not last:
             outputs.record_round(summary)  # on disk now; completed when the next round's replies bring client eval
@@ -229,13 +262,6 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
     outputs.write_history_and_charts()
     if tracker is not None:
         tracker.finish()
-    if should_push(run):
-        try:
-            push_checkpoint(final, run.hf_repo_id)
-        except Exception as exc:  # the run's result is safe on disk; say how to retry rather than fail the run
-            log.error("hub_push_failed", repo_id=run.hf_repo_id, error=f"{type(exc).__name__}: {exc}",
-                      retry=f"fedvla push {final} --repo-id {run.hf_repo_id}")
-    elif run.hf_repo_id:
-        log.info("hub_push_skipped", why=f"num-server-rounds {run.num_server_rounds} < checkpoint-interval {run.checkpoint_interval}")
+    push_final_checkpoint(run, final)
     log.info("run_done", rounds=server_round, outputs=str(outputs.root), final_checkpoint=str(final),
              server_eval=outputs.server_eval)

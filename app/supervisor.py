@@ -43,10 +43,12 @@ class Companion:
         if code is None:
             return
         lived = now - self.started_at
-        self.backoff = 1.0 if lived > HEALTHY_AFTER_SECONDS else min(self.backoff * 2, MAX_BACKOFF_SECONDS)
+        if lived > HEALTHY_AFTER_SECONDS:
+            self.backoff = 1.0
         self.restart_at = now + self.backoff
         log.error("companion_exited", name=self.name, code=code, lived_seconds=round(lived, 1),
                   restart_in_seconds=self.backoff)
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
         self.process = None
 
     def signal(self, signum: int) -> None:

@@ -36,3 +36,11 @@ def save(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     write_json_atomic(path, {"machine": machine(), **result})
     return path
+
+
+def figure(metric: str, target: float, measured: float | None, unit: str, note: str = "",
+           higher_is_better: bool = False) -> dict:
+    """One benchmark figure against its target; `measured` None: not measured, and `note` says why."""
+    met = measured is not None and (measured >= target if higher_is_better else measured <= target)
+    return {"metric": metric, "target": target, "measured": None if measured is None else round(measured, 3),
+            "unit": unit, "met": met, **({"note": note} if note else {})}

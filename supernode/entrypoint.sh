@@ -1,7 +1,8 @@
 #!/bin/sh
-# An operator's SuperNode: `fedvla node` checks the dataset against the federation's model first and exits with
-# one line naming the problem if it does not fit (the container then stays down); otherwise it runs
-# flower-supernode, which starts a ClientApp per message, and serves the node's Prometheus metrics.
+# An operator's SuperNode: `fedvla node` starts the node's warm worker, which checks the dataset against the
+# federation's model first (exit 2 and one line naming the problem if it does not fit; the container then stays
+# down); otherwise flower-supernode starts beside it, its ClientApps hand each message to the worker, and the
+# node's Prometheus metrics are served.
 # Settings (supernode/node.env.example documents each):
 #   FEDVLA_SUPERLINK (host:9092), FEDVLA_DATASET (hf:<repo>, a mounted directory, or embedded:operator-<i>),
 #   FEDVLA_NODE_NAME, FEDVLA_MODEL, FEDVLA_FPS, FEDVLA_CAMERAS, FEDVLA_CAMERA_MAP,

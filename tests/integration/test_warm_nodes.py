@@ -1,0 +1,86 @@
+"""Warm SuperNodes in a real deployment (flower-superlink, `fedvla node` x 2 over gRPC on 127.0.0.1): each node's
+worker serves every message of a run with one policy, survives being killed mid-run, and gives the next run a fresh
+policy. Checked on the processes' own logs."""
+
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from app import embedded
+from app.config import EMBEDDED_OVERRIDES, RunConfig
+from app.demo import APP_DIR, find_run_dir
+from app.launch import Deployment
+
+pytestmark = pytest.mark.integration
+NODES = ("operator_0", "operator_1")
+
+
+def server_events(output_dir, run_id) -> list[str]:
+    try:
+        log_file = find_run_dir(output_dir, run_id) / "server" / "server.log"
+        return [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
+def kill_worker(deployment: Deployment, node: str) -> int:
+    (worker,) = [p for p in psutil.Process(deployment.processes[node].pid).children(recursive=True)
+                 if "app.worker" in p.cmdline()]
+    os.kill(worker.pid, signal.SIGKILL)
+    return worker.pid
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Run A (3 rounds; operator_0's worker is SIGKILLed in round 2), then run B with other settings."""
+    embedded.ensure_base_model()
+    embedded.ensure_server_eval_dataset()
+    out = tmp_path_factory.mktemp("outputs")
+    base = {**EMBEDDED_OVERRIDES, "min-train-nodes": 2, "min-available-nodes": 2, "local-steps": 20,
+            "output-dir": str(out)}
+    with Deployment(tmp_path_factory.mktemp("deployment")) as deployment:
+        deployment.start_superlink(cwd=APP_DIR)
+        for i, name in enumerate(NODES):
+            deployment.start_supernode(name, str(embedded.ensure_operator_dataset(i)), "embedded:tiny", threads=1,
+                                       camera_map=RunConfig().camera_map)
+        run_a = deployment.submit(APP_DIR, {**base, "num-server-rounds": 3})
+        while server_events(out, run_a).count("round_start") < 2:
+            deployment.check_alive()
+            time.sleep(0.5)
+        time.sleep(2)  # into round 2: the message is on its way or being trained on
+        killed = kill_worker(deployment, "operator_0")
+        status_a = deployment.wait(run_a, ended=lambda: "run_done" in server_events(out, run_a))
+        run_b = deployment.submit(APP_DIR, {**base, "num-server-rounds": 1, "heldout-fraction": 0.25, "seed": 7})
+        status_b = deployment.wait(run_b, ended=lambda: "run_done" in server_events(out, run_b))
+        logs = {name: deployment.log_tail(name, lines=100_000) for name in NODES}
+    return {"out": out, "runs": (run_a, run_b), "status": (status_a, status_b), "killed": killed, "logs": logs}
+
+
+def test_both_runs_complete_with_every_node_in_every_round(two_runs):
+    assert two_runs["status"] == ("finished:completed", "finished:completed")
+    run_a, _ = two_runs["runs"]
+    rounds = json.loads((find_run_dir(two_runs["out"], run_a) / "server" / "federated_metrics.json").read_text())
+    assert [sorted(r["nodes"]) for r in rounds["rounds"]] == [list(NODES)] * 3, "the killed node's round was retried"
+
+
+def test_a_warm_node_builds_one_policy_per_run_and_serves_every_message_with_it(two_runs):
+    log = two_runs["logs"]["operator_1"]
+    assert log.count("worker_started") == 1, "one worker for both runs"
+    # run A: stats query, 3 train messages, final evaluate; run B: query, train, evaluate
+    assert log.count("message_served") == 8
+    assert log.count("policy_built=True") == 2 and log.count("learner_ready") == 2, "one policy per run"
+    assert log.count("learner_released") == 2, "each run's policy is freed after its final message"
+    for line in log.splitlines():
+        if "message_forwarded" in line:
+            assert "heavy_imports=[]" in line, "the per-message ClientApp process imported torch: " + line
+
+
+def test_a_killed_worker_is_reported_and_restarted(two_runs):
+    log = two_runs["logs"]["operator_0"]
+    assert log.count("worker_started") == 2
+    assert f"pid={two_runs['killed']}" in log
+    assert "companion_exited" in log and "code=-9" in log

@@ -1,0 +1,23 @@
+"""app.supervisor: the main process decides the exit code; the companion (the node's worker) is kept alive."""
+
+import os
+
+from app.supervisor import Companion, run
+
+
+def test_the_main_processs_exit_code_is_returned_and_the_companion_stopped():
+    helper = Companion(["sleep", "60"], os.environ, "worker")
+    helper.tend()
+    assert run(["sh", "-c", "exit 7"], os.environ, helper=helper) == 7
+    assert helper.process.poll() is not None
+
+
+def test_a_companion_that_dies_is_started_again():
+    helper = Companion(["sh", "-c", "exit 3"], os.environ, "worker")
+    helper.tend()
+    assert run(["sleep", "2.5"], os.environ, helper=helper) == 0
+    assert helper.starts >= 2
+
+
+def test_a_main_process_killed_by_a_signal_reports_it_as_a_shell_does():
+    assert run(["sh", "-c", "kill -TERM $$"], os.environ) == 128 + 15
