@@ -3,12 +3,16 @@
 A checkpoint directory holds what `SmolVLAPolicy.from_pretrained(dir)` and
 `make_pre_post_processors(config, pretrained_path=dir)` need: config.json, model.safetensors and the processor
 pipelines with their normalization stats (so a reload normalizes exactly as training did; see lerobot#1763),
-plus a model card README.md and metrics.json. It is built in a hidden temporary directory beside the target and
-renamed into place, so a crash leaves either the previous checkpoint or the new one, never half of one.
+plus a model card README.md, metrics.json and manifest.json (every file's size and SHA-256). It is built in a
+hidden temporary directory beside the target, every file and the directory are fsynced, and then it is renamed
+into place, so a crash or a power cut leaves either the previous checkpoint or the new one, never half of one. A
+checkpoint is loaded only after its files match its manifest; a corrupt one is named as such and, when resuming,
+the previous checkpoint is used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import UserError
+from app.telemetry import get_logger
+
+log = get_logger(__name__)
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(UserError):
+    """A checkpoint is incomplete or its files do not match its manifest."""
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -48,10 +60,85 @@ def write_directory_atomic(target: Path, fill: Callable[[Path], None]) -> Path:
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, target)
+        _fsync(target.parent)  # the rename itself survives a power cut
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def seal(directory: Path) -> None:
+    """fsync every file, then write the manifest (sizes and SHA-256) and fsync the directory: written last, the
+    manifest vouches for files that are on disk."""
+    for path in _files(directory):
+        _fsync(path)
+    manifest = {p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                for p in _files(directory)}
+    write_json_atomic(directory / MANIFEST, {"files": manifest})
+    _fsync(directory)
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Raise CheckpointError naming the first file that is missing, has another size or other contents."""
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{str(directory)!r} has no {MANIFEST}: it is incomplete or not a checkpoint")
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{str(directory)!r}: {MANIFEST} is unreadable ({exc})") from exc
+    for name, expected in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{str(directory)!r} is corrupt: {name} is missing")
+        if path.stat().st_size != expected["bytes"]:
+            raise CheckpointError(f"{str(directory)!r} is corrupt: {name} has {path.stat().st_size} bytes, "
+                                  f"the manifest says {expected['bytes']}")
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"{str(directory)!r} is corrupt: {name} does not match its SHA-256")
+
+
+def usable_checkpoint(directory: Path) -> Path:
+    """`directory` if it verifies; otherwise, said in the log, the newest earlier checkpoint beside it that does."""
+    try:
+        verify_checkpoint(directory)
+        return directory
+    except CheckpointError as exc:
+        why = str(exc)
+    log.error("checkpoint_corrupt", checkpoint=str(directory), why=why)
+    own_round = _round_of(directory)
+    for server_round, candidate in reversed(list_checkpoints(directory.parent)):
+        if own_round is not None and server_round >= own_round:
+            continue
+        try:
+            verify_checkpoint(candidate)
+        except CheckpointError as exc:
+            log.error("checkpoint_corrupt", checkpoint=str(candidate), why=str(exc))
+            continue
+        log.warning("checkpoint_fallback", corrupt=str(directory), using=str(candidate))
+        return candidate
+    raise CheckpointError(f"{why}; no earlier checkpoint beside it verifies either: resume from another run's "
+                          "checkpoint or start afresh without resume-from")
 
 
 def save_checkpoint(
@@ -68,12 +155,15 @@ def save_checkpoint(
         postprocessor.save_pretrained(directory)
         (directory / "README.md").write_text(model_card, encoding="utf-8")
         write_json_atomic(directory / "metrics.json", metrics)
+        seal(directory)
 
     return write_directory_atomic(target, fill)
 
 
 def load_checkpoint(directory: Path, device: str = "cpu"):
-    """(policy, preprocessor, postprocessor) exactly as saved: LeRobot's own loaders, nothing else."""
+    """(policy, preprocessor, postprocessor) exactly as saved, once the files match the manifest: LeRobot's own
+    loaders, nothing else."""
+    verify_checkpoint(directory)
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import make_pre_post_processors
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
@@ -96,13 +186,14 @@ def checkpoint_round(directory: Path) -> int:
 
 
 def list_checkpoints(models_dir: Path) -> list[tuple[int, Path]]:
-    """(round, path) of the complete checkpoints under `models_dir`, oldest first."""
-    found = []
-    for path in models_dir.glob("checkpoint_round_*"):
-        suffix = path.name.removeprefix("checkpoint_round_")
-        if suffix.isdigit() and (path / "model.safetensors").is_file():
-            found.append((int(suffix), path))
-    return sorted(found)
+    """(round, path) of the complete checkpoints (sealed with a manifest) under `models_dir`, oldest first."""
+    found = [(_round_of(path), path) for path in models_dir.glob("checkpoint_round_*")]
+    return sorted((n, path) for n, path in found if n is not None and (path / MANIFEST).is_file())
+
+
+def _round_of(path: Path) -> int | None:
+    suffix = path.name.removeprefix("checkpoint_round_")
+    return int(suffix) if path.name.startswith("checkpoint_round_") and suffix.isdigit() else None
 
 
 def render_model_card(title: str, summary: str, facts: dict[str, Any], metrics: dict[str, Any]) -> str:

@@ -90,12 +90,12 @@ def resume(server, run: RunConfig) -> int:
     """Load the global weights of `resume-from` into the server's policy; returns the rounds already done (0 if
     starting fresh). The round count, the learning-rate schedule and checkpoint numbering carry on from there."""
     from app import model as models
-    from app.checkpoint import checkpoint_round
+    from app.checkpoint import checkpoint_round, usable_checkpoint
     from app.errors import ConfigError
 
     if not run.resume_from:
         return 0
-    directory = Path(run.resume_from).expanduser()
+    directory = usable_checkpoint(Path(run.resume_from).expanduser())  # a corrupt one: the previous, said in the log
     done = checkpoint_round(directory)
     if done >= run.num_server_rounds:
         raise ConfigError(f"resume-from is at round {done}; set num-server-rounds above it to train more")

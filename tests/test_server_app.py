@@ -61,6 +61,20 @@ def test_resume_loads_the_checkpoint_weights_and_returns_its_round(tmp_path, tin
     assert resume(server, RunConfig.from_mapping({})) == 0
 
 
+def test_resume_from_a_corrupt_checkpoint_continues_from_the_previous_one(tmp_path, tiny_config, operator0):
+    policy = model.build_policy("embedded:tiny", tiny_config)
+    _saved(tmp_path, policy, tiny_config, operator0.meta.stats, 2)
+    latest = _saved(tmp_path, policy, tiny_config, operator0.meta.stats, 4)
+    with open(latest / "model.safetensors", "r+b") as f:  # one byte flipped on disk
+        f.seek(-1, 2)
+        last = f.read(1)
+        f.seek(-1, 2)
+        f.write(bytes([last[0] ^ 0xFF]))
+    server = _Server(model.build_policy("embedded:tiny", tiny_config), tiny_config)
+    run = RunConfig.from_mapping({"num-server-rounds": 6, "resume-from": str(latest)})
+    assert resume(server, run) == 2
+
+
 def test_resume_refuses_a_checkpoint_of_another_base(tmp_path, tiny_config, operator0):
     other = _saved(tmp_path, model.build_policy("embedded:tiny", tiny_config), tiny_config, operator0.meta.stats, 2,
                    shift_frozen=True)

@@ -155,6 +155,9 @@ def test_prometheus_scraped_the_server_and_every_node(federation):
                    "fedvla_node_dataset_episodes", "fedvla_gpus", "fedvla_process_resident_memory_bytes"):
         nodes = {r["metric"]["node"] for r in federation.query(f'{metric}{{job="supernode"}}')}
         assert nodes == {"operator_0", "operator_1"}, metric
+    # Each SuperNode container's warm worker started once and built one policy for the run.
+    for metric in ("fedvla_node_worker_starts_total", "fedvla_node_worker_policy_builds_total"):
+        assert [float(r["value"][1]) for r in federation.query(metric)] == [1.0, 1.0], metric
     sent = sum(float(r["value"][1]) for r in federation.query("fedvla_node_sent_bytes_total"))
     received = sum(float(r["value"][1]) for r in federation.query("fedvla_server_received_bytes_total"))
     assert sent == received > 0
