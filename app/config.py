@@ -144,7 +144,9 @@ class RunConfig:
     fraction_train: float = 1.0
     min_train_nodes: int = 2
     min_available_nodes: int = 2
-    round_timeout: float = 3600.0
+    min_replies: int = 1  # a round closes with the usable replies it has, if at least this many
+    round_timeout: float = 1800.0  # seconds a round waits for replies (a lost node is noticed sooner, by heartbeat)
+    node_wait_timeout: float = 600.0  # seconds to wait for min-available-nodes before the run gives up
     early_stop_patience: int = 0  # 0: never stop early
     early_stop_min_delta: float = 0.0
     hf_repo_id: str = ""
@@ -183,7 +185,9 @@ class RunConfig:
             fraction_train=_float(raw, "fraction-train", d.fraction_train, 0.0, 1.0),
             min_train_nodes=_int(raw, "min-train-nodes", d.min_train_nodes, 1),
             min_available_nodes=_int(raw, "min-available-nodes", d.min_available_nodes, 1),
+            min_replies=_int(raw, "min-replies", d.min_replies, 1),
             round_timeout=_float(raw, "round-timeout", d.round_timeout, 1.0),
+            node_wait_timeout=_float(raw, "node-wait-timeout", d.node_wait_timeout, 1.0),
             early_stop_patience=_int(raw, "early-stop-patience", d.early_stop_patience, 0),
             early_stop_min_delta=_float(raw, "early-stop-min-delta", d.early_stop_min_delta, 0.0),
             hf_repo_id=_str(raw, "hf-repo-id", d.hf_repo_id),

@@ -28,35 +28,34 @@ app = ServerApp()
 REPLY_POLL_SECONDS = 0.25
 
 
-def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> tuple[list[Message], list[int]]:
     """`Grid.send_and_receive`, but looking for replies every REPLY_POLL_SECONDS instead of Flower's 3 s, which
-    would add 1.5 s on average to every round of a few seconds."""
+    would add 1.5 s on average to every round of a few seconds. Returns the replies and the ids of the nodes that
+    sent none before `timeout` (a node that is gone replies with an error once Flower's heartbeat notices)."""
     started = time.monotonic()
-    pending = set(grid.push_messages(messages))
+    message_ids = list(grid.push_messages(messages))  # in the order of `messages`; None where a push failed
+    unsent = [msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True) if mid is None]
+    pending = {mid: msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True) if mid}
     replies: list[Message] = []
-    deadline = started + timeout
-    while pending and time.monotonic() < deadline:
+    while pending and time.monotonic() < started + timeout:
         time.sleep(REPLY_POLL_SECONDS)
-        for reply in grid.pull_messages(pending):
+        for reply in grid.pull_messages(set(pending)):
             replies.append(reply)
-            pending.discard(reply.metadata.reply_to_message_id)
+            pending.pop(reply.metadata.reply_to_message_id, None)
     log.info("replies_received", sent=len(messages), received=len(replies), seconds=round(time.monotonic() - started, 2))
-    return replies
+    return replies, sorted(unsent + list(pending.values()))
 
 
 def collect_federated_stats(grid: Grid, run: RunConfig, fingerprint: str) -> dict[str, list[float]]:
     """Ask every node for its state/action stats and merge them: one normalization for the whole federation."""
     from app.node import federated_stats
 
-    deadline = time.monotonic() + run.round_timeout
-    while len(node_ids := list(grid.get_node_ids())) < run.min_available_nodes:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(node_ids)} of min-available-nodes={run.min_available_nodes} nodes connected")
-        log.info("waiting_for_nodes", connected=len(node_ids), needed=run.min_available_nodes)
-        time.sleep(2)
+    from app.strategy import wait_for_nodes
+
+    node_ids = wait_for_nodes(grid, run.min_available_nodes, run.node_wait_timeout)
     content = RecordDict({"config": ConfigRecord({"base-fingerprint": fingerprint})})
     messages = [Message(content=content, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
-    replies = list(send_and_receive(grid, messages, run.round_timeout))
+    replies, _ = send_and_receive(grid, messages, run.round_timeout)
     good = [r for r in replies if not r.has_error()]
     for reply in replies:
         if reply.has_error():
@@ -128,7 +127,9 @@ def evaluate_final_model(grid: Grid, strategy, server_round: int, arrays: ArrayR
     from app import metrics
 
     messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord({"final": True}), grid)
-    strategy.aggregate_evaluate(server_round, send_and_receive(grid, messages, timeout))
+    replies, silent = send_and_receive(grid, messages, timeout)
+    strategy.missing("evaluate", server_round, silent)
+    strategy.aggregate_evaluate(server_round, replies)
     return len(messages) * metrics.arrays_bytes(arrays)
 
 
@@ -221,10 +222,12 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         log.info("round_start", round=server_round, lr=run.round_lr(server_round))
         train_messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
         sent_bytes = len(train_messages) * metrics.arrays_bytes(arrays)
-        train_replies = send_and_receive(grid, train_messages, run.round_timeout)
+        train_replies, silent = send_and_receive(grid, train_messages, run.round_timeout)
+        strategy.missing("train", server_round, silent)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, train_replies)
         if new_arrays is None:
-            raise RuntimeError(f"round {server_round}: no node returned a usable update: {strategy.dropped[server_round]}")
+            raise RuntimeError(f"round {server_round}: fewer than min-replies={run.min_replies} usable updates: "
+                               f"{strategy.dropped[server_round]}")
         arrays = new_arrays
         if awaiting_client_eval is not None:  # these train replies carried the evaluation of the last round's model
             complete(awaiting_client_eval())

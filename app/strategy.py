@@ -7,14 +7,18 @@
   reply; only the final global model needs evaluate messages of its own;
 - replies are checked before they are averaged: a failed node, a reply with missing or non-finite arrays, or a
   zero sample count is dropped and logged, not averaged in;
-- each node's reply metrics are kept per round for the run report.
+- each node's reply metrics are kept per round for the run report;
+- a round closes with the usable replies it has (a node lost mid-round is left out) if at least `min-replies`;
+- waiting for `min-available-nodes` says which known nodes are missing and gives up after `node-wait-timeout`
+  (Flower's own wait has no limit).
 Aggregation itself is Flower's: a sample-weighted average of the trainable arrays.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +70,28 @@ def reply_problem(msg: Message, expected_keys: set[str] | None) -> str | None:
     return None
 
 
+def wait_for_nodes(grid: Grid, needed: int, timeout: float, known: Mapping[int, str] | None = None,
+                   poll_seconds: float = 1.0, say_every: float = 10.0) -> list[int]:
+    """The connected node ids, once at least `needed` are connected. Says every `say_every` s how many are there and
+    which of the `known` nodes (id -> name, from earlier replies) are missing; raises after `timeout` s."""
+    started = time.monotonic()
+    said = -say_every
+    while len(connected := list(grid.get_node_ids())) < needed:
+        waited = time.monotonic() - started
+        missing = sorted(f"{name} ({node_id})" for node_id, name in (known or {}).items() if node_id not in connected)
+        if waited > timeout:
+            raise TimeoutError(
+                f"only {len(connected)} of min-available-nodes={needed} nodes connected after {timeout:.0f} s"
+                + (f"; missing: {', '.join(missing)}" if missing else "")
+                + ": start the missing SuperNodes, or lower min-available-nodes (node-wait-timeout sets the wait)")
+        if waited - said >= say_every:
+            log.info("waiting_for_nodes", connected=len(connected), needed=needed, missing=missing or None,
+                     gives_up_in_seconds=round(timeout - waited))
+            said = waited
+        time.sleep(poll_seconds)
+    return connected
+
+
 class FedVLA(FedProx):
     def __init__(
         self,
@@ -90,6 +116,7 @@ class FedVLA(FedProx):
         self.on_replies = on_replies
         self.dropped: dict[int, list[str]] = defaultdict(list)
         self.client_eval: dict[int, dict[str, float]] = {}  # round -> held-out loss of that round's global model
+        self.names: dict[int, str] = {}  # node id -> the name its replies give
 
     def _with_shared_records(self, messages: Iterable[Message]) -> list[Message]:
         messages = list(messages)
@@ -99,6 +126,7 @@ class FedVLA(FedProx):
         return messages
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        wait_for_nodes(grid, self.run.min_available_nodes, self.run.node_wait_timeout, self.names)
         config["lr"] = self.run.round_lr(server_round)
         # The arrays sent are the global model after the previous round: evaluate it on the way, if that was due.
         config["evaluate-received"] = server_round > 1 and self.is_eval_round(server_round - 1)
@@ -110,6 +138,7 @@ class FedVLA(FedProx):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         if not self.is_eval_round(server_round):
             return []
+        wait_for_nodes(grid, self.run.min_available_nodes, self.run.node_wait_timeout, self.names)
         return self._with_shared_records(super().configure_evaluate(server_round, arrays, config, grid))
 
     def _screen(self, kind: str, server_round: int, replies: Iterable[Message], keys: set[str] | None) -> list[Message]:
@@ -119,6 +148,7 @@ class FedVLA(FedProx):
             if problem is None:
                 good.append(msg)
                 reports.append(node_report(msg))
+                self.names[msg.metadata.src_node_id] = reports[-1].name
             else:
                 self.dropped[server_round].append(f"{kind} node {msg.metadata.src_node_id}: {problem}")
                 log.warning("reply_dropped", kind=kind, round=server_round, node_id=msg.metadata.src_node_id, why=problem)
@@ -126,9 +156,17 @@ class FedVLA(FedProx):
             self.on_replies(kind, server_round, reports)
         return good
 
+    def missing(self, kind: str, server_round: int, node_ids: Iterable[int]) -> None:
+        """Nodes sent a message that did not reply before the round's deadline: left out, and said so."""
+        for node_id in node_ids:
+            name = self.names.get(node_id, "?")
+            self.dropped[server_round].append(f"{kind} node {node_id} ({name}): no reply within round-timeout")
+            log.warning("reply_missing", kind=kind, round=server_round, node_id=node_id, node=name,
+                        round_timeout=self.run.round_timeout)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         good = self._screen("train", server_round, replies, self.trainable_keys)
-        if not good:
+        if len(good) < self.run.min_replies:
             return None, None
         self._received_eval(server_round - 1, [node_report(msg) for msg in good])
         return super().aggregate_train(server_round, good)

@@ -91,3 +91,37 @@ def test_a_hub_push_without_a_token_fails_before_round_one(monkeypatch):
     run = RunConfig.from_mapping({"hf-repo-id": "me/model", "num-server-rounds": 10, "checkpoint-interval": 10})
     with pytest.raises(ConfigError, match="HF_TOKEN is not set"):
         federate(grid=None, run=run, outputs=None, run_config={})
+
+
+class SlowGrid:
+    """Replies to the messages of node 1 at once; node 2 never answers."""
+
+    def __init__(self):
+        self.sent = []
+
+    def push_messages(self, messages):
+        self.sent = list(messages)
+        for msg in self.sent:  # as Flower's grid stamps a pushed message with its id
+            msg.metadata.__dict__["_message_id"] = f"m{msg.metadata.dst_node_id}"
+        return [msg.metadata.message_id for msg in self.sent]
+
+    def pull_messages(self, message_ids):
+        from flwr.app import Message, RecordDict
+
+        return [Message(RecordDict(), reply_to=msg) for msg in self.sent
+                if msg.metadata.dst_node_id == 1 and msg.metadata.message_id in message_ids]
+
+
+def test_send_and_receive_returns_what_came_back_by_the_deadline_and_who_was_silent():
+    from flwr.app import Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from app.server_app import send_and_receive
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    try:
+        messages = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (1, 2)]
+        replies, silent = send_and_receive(SlowGrid(), messages, timeout=0.6)
+    finally:
+        TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
+    assert len(replies) == 1 and silent == [2]

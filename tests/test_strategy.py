@@ -108,3 +108,38 @@ def test_evaluations_in_train_replies_count_for_the_previous_round():
     assert (kind, evaluated_round) == ("evaluate", 2)
     assert {r.name: r.metrics for r in reports} == {"n1": {"eval-loss": 0.5, "num-examples": 10},
                                                    "n2": {"eval-loss": 2.0, "num-examples": 30}}
+
+
+class ChangingGrid:
+    """Nodes come and go: each call returns the next list of connected node ids (the last one repeats)."""
+
+    def __init__(self, *connected):
+        self.connected = list(connected)
+
+    def get_node_ids(self):
+        return self.connected.pop(0) if len(self.connected) > 1 else self.connected[0]
+
+
+def test_waiting_for_nodes_ends_when_enough_are_connected():
+    from app.strategy import wait_for_nodes
+
+    assert wait_for_nodes(ChangingGrid([1], [1], [1, 2]), 2, timeout=5, poll_seconds=0.01) == [1, 2]
+
+
+def test_waiting_for_nodes_gives_up_naming_the_missing_ones():
+    from app.strategy import wait_for_nodes
+
+    with pytest.raises(TimeoutError, match=r"only 1 of min-available-nodes=2 .* missing: operator_1 \(2\): start"):
+        wait_for_nodes(ChangingGrid([1]), 2, timeout=0.05, known={1: "operator_0", 2: "operator_1"},
+                       poll_seconds=0.01)
+
+
+def test_a_round_closes_with_the_replies_it_has_if_enough():
+    s, _ = strategy()
+    s.names[2] = "operator_1"
+    s.missing("train", 1, [2])
+    arrays, _ = s.aggregate_train(1, [train_reply(1, 1.0, 10)])
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0, 1.0])
+    assert s.dropped[1] == ["train node 2 (operator_1): no reply within round-timeout"]
+    strict, _ = strategy(**{"min-replies": 2})
+    assert strict.aggregate_train(1, [train_reply(1, 1.0, 10)]) == (None, None)

@@ -1,0 +1,60 @@
+"""A SuperNode lost mid-run, in a real deployment (flower-superlink, `fedvla node` x 2 over gRPC on 127.0.0.1): the
+round it was in closes with the other node's update once Flower's heartbeat notices, the loss is listed, and the
+next round's wait for `min-available-nodes` names the missing node and gives up instead of waiting forever."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from app import embedded
+from app.config import EMBEDDED_OVERRIDES, RunConfig
+from app.demo import APP_DIR, find_run_dir
+from tests.integration.test_warm_nodes import NODES, server_events
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lost_node_run(tmp_path_factory):
+    from app.launch import Deployment
+
+    embedded.ensure_base_model()
+    embedded.ensure_server_eval_dataset()
+    out = tmp_path_factory.mktemp("outputs")
+    with Deployment(tmp_path_factory.mktemp("deployment")) as deployment:
+        deployment.start_superlink(cwd=APP_DIR)
+        for i, name in enumerate(NODES):
+            deployment.start_supernode(name, str(embedded.ensure_operator_dataset(i)), "embedded:tiny", threads=1,
+                                       camera_map=RunConfig().camera_map)
+        run_id = deployment.submit(APP_DIR, {**EMBEDDED_OVERRIDES, "num-server-rounds": 3, "local-steps": 20,
+                                             "node-wait-timeout": 20, "output-dir": str(out)})
+        while server_events(out, run_id).count("round_start") < 2:
+            deployment.check_alive()
+            time.sleep(0.5)
+        lost = deployment.processes.pop("operator_0")  # the whole node: SuperNode, worker, executor
+        os.killpg(lost.pid, signal.SIGKILL)
+        lost.wait()
+        status = deployment.wait(run_id, ended=lambda: "run_failed" in server_events(out, run_id))
+    run_dir = find_run_dir(out, run_id)
+    return status, run_dir
+
+
+def test_the_round_closes_with_the_surviving_nodes_update(lost_node_run):
+    _, run_dir = lost_node_run
+    rounds = json.loads((run_dir / "server" / "federated_metrics.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert sorted(rounds[1]["nodes"]) == ["operator_1"]
+    (dropped,) = rounds[1]["dropped"]
+    assert dropped.startswith("train node ")
+
+
+def test_the_wait_for_the_lost_node_names_it_and_gives_up(lost_node_run):
+    status, run_dir = lost_node_run
+    assert status == "finished:failed"
+    failure = [json.loads(line) for line in (run_dir / "server" / "server.log").read_text().splitlines()
+               if '"run_failed"' in line]
+    assert failure, "the ServerApp logged why it stopped"
+    assert "only 1 of min-available-nodes=2 nodes connected after 20 s; missing: operator_0" in json.dumps(failure)
