@@ -45,6 +45,20 @@ def assert_run_outputs(run_dir: Path, rounds: int, clients: list[str]) -> dict:
     return metrics
 
 
+NODES = ("operator_0", "operator_1")  # the SuperNodes of a test deployment
+
+
+def server_events(output_dir: Path, run_id: int) -> list[str]:
+    """The events the run's ServerApp has logged so far (none before it has started)."""
+    from app.demo import find_run_dir
+
+    try:
+        log_file = find_run_dir(output_dir, run_id) / "server" / "server.log"
+        return [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+    except (FileNotFoundError, ValueError):
+        return []
+
+
 def server_eval(run_dir: Path, server_round: int) -> float:
     return json.loads((run_dir / "server" / f"round_{server_round}_server_eval.json").read_text())["eval-loss"]
 

@@ -12,15 +12,14 @@ import pytest
 from app import embedded
 from app.config import EMBEDDED_OVERRIDES, RunConfig
 from app.demo import APP_DIR, find_run_dir
-from tests.integration.test_warm_nodes import NODES, server_events
+from app.launch import Deployment
+from tests.integration.conftest import NODES, server_events
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def lost_node_run(tmp_path_factory):
-    from app.launch import Deployment
-
     embedded.ensure_base_model()
     embedded.ensure_server_eval_dataset()
     out = tmp_path_factory.mktemp("outputs")

@@ -14,19 +14,9 @@ from app import embedded
 from app.config import EMBEDDED_OVERRIDES, RunConfig
 from app.demo import APP_DIR, find_run_dir
 from app.launch import Deployment
+from tests.integration.conftest import NODES, server_events
 
 pytestmark = pytest.mark.integration
-NODES = ("operator_0", "operator_1")
-
-
-def server_events(output_dir, run_id) -> list[str]:
-    try:
-        log_file = find_run_dir(output_dir, run_id) / "server" / "server.log"
-        return [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
-    except (FileNotFoundError, ValueError):
-        return []
-
-
 def kill_worker(deployment: Deployment, node: str) -> int:
     (worker,) = [p for p in psutil.Process(deployment.processes[node].pid).children(recursive=True)
                  if "app.worker" in p.cmdline()]
