@@ -242,7 +242,10 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         stop = server_eval is not None and early_stop.should_stop(server_eval["eval-loss"])
         last = stop or server_round == run.num_server_rounds
         if last:  # no next round will carry the final model's evaluation: it gets evaluate messages of its own
-            sent_bytes += evaluate_final_model(grid, strategy, server_round, arrays, run.round_timeout)
+            try:
+                sent_bytes += evaluate_final_model(grid, strategy, server_round, arrays, run.round_timeout)
+            except TimeoutError as exc:  # no node left to ask: the trained model still gets its checkpoint
+                log.error("final_client_eval_skipped", round=server_round, why=str(exc))
         wall_seconds = time.perf_counter() - started
         summary = summarize(server_round, wall_seconds, train_metrics, server_eval, server_work)
         metrics.record_server_round(run_id, summary, run.num_server_rounds, len(train_messages), sent_bytes)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedProx
 
@@ -136,10 +136,14 @@ class FedVLA(FedProx):
         return server_round % self.run.eval_frequency == 0 or server_round == self.run.num_server_rounds
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        """Evaluate messages (only the final model gets them) for every node connected now: a node lost in the
+        last round must not hold the run, and its last checkpoint, back until it returns."""
         if not self.is_eval_round(server_round):
             return []
-        wait_for_nodes(grid, self.run.min_available_nodes, self.run.node_wait_timeout, self.names)
-        return self._with_shared_records(super().configure_evaluate(server_round, arrays, config, grid))
+        node_ids = wait_for_nodes(grid, 1, self.run.node_wait_timeout, self.names)
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return self._with_shared_records(self._construct_messages(record, node_ids, MessageType.EVALUATE))
 
     def _screen(self, kind: str, server_round: int, replies: Iterable[Message], keys: set[str] | None) -> list[Message]:
         good, reports = [], []

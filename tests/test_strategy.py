@@ -143,3 +143,12 @@ def test_a_round_closes_with_the_replies_it_has_if_enough():
     assert s.dropped[1] == ["train node 2 (operator_1): no reply within round-timeout"]
     strict, _ = strategy(**{"min-replies": 2})
     assert strict.aggregate_train(1, [train_reply(1, 1.0, 10)]) == (None, None)
+
+
+def test_the_final_model_is_evaluated_by_the_nodes_still_connected():
+    s, _ = strategy()
+    arrays = ArrayRecord({"w": Array(np.zeros(2))})
+    (msg,) = s.configure_evaluate(4, arrays, ConfigRecord({"final": True}), ChangingGrid([2]))  # node 1 is gone
+    assert msg.metadata.dst_node_id == 2 and msg.metadata.message_type == "evaluate"
+    assert msg.content["config"]["server-round"] == 4 and msg.content["config"]["final"]
+    assert msg.content["config"]["base-fingerprint"] == "abc123" and "norm-stats" in msg.content
