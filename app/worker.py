@@ -9,7 +9,8 @@ final message, and serves the node's ClientApps over a private Unix socket (app/
 an ordinary Flower ClientApp: with no worker configured (the simulation engine, whose workers are warm already, or
 a bare `flower-supernode`) it calls `perform` in its own process.
 
-    python -m app.worker --socket /run/fedvla/worker.sock --name alice     (started by `fedvla node`)
+    python -m app.worker --socket <0700 dir>/worker.sock --name alice --dataset-uri /data/alice --model \
+        lerobot/smolvla_base --fps 30 --cameras auto --camera-map auto      (what `fedvla node` starts)
 """
 
 from __future__ import annotations
