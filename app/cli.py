@@ -195,9 +195,20 @@ def _add_demo_parser(sub) -> None:
     p.set_defaults(handler=_demo)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    import tomllib
+def parse_overrides(text: str) -> dict:
+    """`key=value key2=value2` with TOML values, parsed as `flwr run --run-config` parses them (Flower's own
+    parser): a quoted value may hold spaces."""
+    from click import ClickException
+    from flwr.common.config import parse_config_args
 
+    try:
+        return parse_config_args([text]) if text else {}
+    except (ClickException, ValueError):
+        raise UserError(f"--run-config {text!r} is not 'key=value ...' with TOML values, e.g. "
+                        "'num-server-rounds=5 hf-repo-id=\"me/model\"'") from None
+
+
+def _demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -205,11 +216,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if not 2 <= args.nodes <= 4:
         raise UserError(f"--nodes must be between 2 and 4 (one per embedded operator family), got {args.nodes}")
-    try:
-        extra = tomllib.loads("\n".join(args.run_config.split())) if args.run_config else {}
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"--run-config is not 'key=value ...' with TOML values: {exc}") from None
-    overrides = {"num-server-rounds": args.rounds, "local-steps": args.local_steps, **extra}
+    overrides = {"num-server-rounds": args.rounds, "local-steps": args.local_steps, **parse_overrides(args.run_config)}
     console = Console(stderr=True, soft_wrap=True)
 
     def show(record: dict) -> None:
@@ -272,7 +279,8 @@ def _push(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fedvla", description="Federated fine-tuning of SmolVLA on SO-100/SO-101 recordings.")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="console detail (any case; default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train_parser(sub)
     _add_node_parser(sub)

@@ -70,3 +70,20 @@ def test_node_check_with_a_camera_map(tmp_path):
     ok = fedvla(*base, "--camera-map", "top=front")
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "node_dataset_ok" in ok.stderr
+
+
+def test_run_config_overrides_take_quoted_values_with_spaces():
+    from app.cli import parse_overrides
+
+    assert parse_overrides('hf-repo-id="me/a model" lr=0.001 use-wandb=true') == {
+        "hf-repo-id": "me/a model", "lr": 0.001, "use-wandb": True}
+    assert parse_overrides("") == {}
+
+
+def test_log_level_in_any_case():
+    assert_one_line_error(fedvla("--log-level", "debug", "demo", "--nodes", "9"), "--nodes must be between 2 and 4")
+    assert_one_line_error(fedvla("--log-level", "loud", "demo"), "invalid choice: 'LOUD'")
+
+
+def test_a_malformed_run_config_is_one_line():
+    assert_one_line_error(fedvla("demo", "--run-config", "lr=0.1 name=unquoted words"), "is not 'key=value ...'")
