@@ -190,11 +190,11 @@ class Worker:
                 threading.Thread(target=heartbeat, daemon=True).start()
                 with self.busy:
                     answer = ({"type": "reply"}, self._handle(header, payload))
-            except UserError as exc:  # the operator's or the run's to fix: one line, no traceback
-                log.error("message_refused", error=str(exc))
-                answer = ({"type": "error", "kind": type(exc).__name__, "message": str(exc)}, b"")
             except Exception as exc:
-                log.exception("message_failed")
+                if isinstance(exc, UserError):  # the operator's or the run's to fix: one line, no traceback
+                    log.error("message_refused", error=str(exc))
+                else:
+                    log.exception("message_failed")
                 answer = ({"type": "error", "kind": type(exc).__name__, "message": str(exc)}, b"")
             finally:
                 done.set()
