@@ -5,6 +5,8 @@
                  flower-supernode
   fedvla demo    a real federation on this machine: SuperLink + SuperNodes + `flwr run`, embedded data
   fedvla push    push a saved checkpoint to the Hugging Face Hub
+  fedvla certs   the federation owner's TLS files (a CA and the SuperLink's certificate)
+  fedvla keys    an operator's SuperNode authentication key pair
 
 User errors (a bad flag, a missing dataset, a schema mismatch) print one line and exit 2, without a traceback.
 Heavy libraries (torch, lerobot) load only once a command needs them, so `--help` is instant.
@@ -121,7 +123,8 @@ def _add_node_parser(sub) -> None:
                    help="your camera names -> the policy's, e.g. top=camera1,wrist=camera2 (default: the run's)")
     p.add_argument("--name", default="", help="how this node appears in the server's reports")
     tls = p.add_mutually_exclusive_group(required=True)
-    tls.add_argument("--insecure", action="store_true", help="no TLS (loopback demos only)")
+    tls.add_argument("--insecure", action="store_true", help="no TLS: anyone on the path reads and alters the "
+                     "model updates; only for a SuperLink on this machine or a private network")
     tls.add_argument("--root-certificates", type=Path, help="CA certificate that signed the SuperLink's")
     p.add_argument("--auth-private-key", type=Path, help="ECDSA key registered with `flwr supernode register`")
     p.add_argument("--clientappio-port", type=_positive_int, default=9094, help="local port for the node's ClientApps")
@@ -144,6 +147,7 @@ def _node(args: argparse.Namespace) -> int:
     from app.config import NodeConfig, RunConfig
     from app.exporter import metrics_endpoint
     from app.launch import config_arg
+    from app.supernode_watch import SuperNodeWatch
 
     defaults = RunConfig()
     check = {"dataset-uri": args.dataset_uri, "model": args.model or defaults.model, "fps": args.fps,
@@ -164,10 +168,18 @@ def _node(args: argparse.Namespace) -> int:
     command = [shutil.which("flower-supernode") or "flower-supernode", "--superlink", args.superlink,
                "--node-config", config_arg(node_config), "--port", str(args.clientappio_port)]
     if args.insecure:
+        log.warning("insecure_connection", superlink=args.superlink,
+                    why="--insecure: the model updates travel unencrypted and the SuperLink is not authenticated")
         command.append("--insecure")
     else:
+        if not args.root_certificates.is_file():
+            raise UserError(f"--root-certificates {args.root_certificates} is not a file: pass the federation's "
+                            "ca.crt (its owner sends it with the SuperLink address)")
         command += ["--root-certificates", str(args.root_certificates)]
     if args.auth_private_key:
+        if not args.auth_private_key.is_file():
+            raise UserError(f"--auth-private-key {args.auth_private_key} is not a file: make one with "
+                            "`fedvla keys --name <node>` and have the federation's owner register its .pub")
         command += ["--auth-supernode-private-key", str(args.auth_private_key)]
     metrics = (metrics_endpoint(args.metrics_port, args.metrics_address, node=name, role="supernode")
                if args.metrics_port else contextlib.nullcontext(dict(os.environ)))
@@ -180,7 +192,11 @@ def _node(args: argparse.Namespace) -> int:
             warm = worker.start([sys.executable, "-m", "app.worker", "--socket", str(socket_path), "--name", name,
                                  *(f"--{key}={value}" for key, value in check.items())], env, socket_path)
             log.info("supernode_start", superlink=args.superlink, name=name, metrics_port=args.metrics_port)
-            return supervisor.run(command, env, role="supernode", helper=warm)
+            watch = SuperNodeWatch(args.superlink, args.root_certificates, args.auth_private_key)
+            code = supervisor.run(command, env, role="supernode", helper=warm, watch=watch)
+            if code != 0 and watch.problem:
+                raise UserError(watch.problem)
+            return code
     finally:
         shutil.rmtree(socket_dir, ignore_errors=True)
 
@@ -192,6 +208,8 @@ def _add_demo_parser(sub) -> None:
     p.add_argument("--local-steps", type=_positive_int, default=60)
     p.add_argument("--run-config", default="", help="more run-config overrides, 'key=value key2=value2' (TOML values)")
     p.add_argument("--output-dir", type=Path, default=Path("outputs"))
+    p.add_argument("--insecure", action="store_true",
+                   help="plain gRPC between the local processes (default: TLS, with a CA made for the demo)")
     p.set_defaults(handler=_demo)
 
 
@@ -229,7 +247,7 @@ def _demo(args: argparse.Namespace) -> int:
         else:
             console.print(f"[dim]{event}[/dim] " + " ".join(f"{k}={v}" for k, v in record.items() if k != "run_config"))
 
-    result = run_demo(args.nodes, overrides, args.output_dir, on_event=show)
+    result = run_demo(args.nodes, overrides, args.output_dir, on_event=show, tls=not args.insecure)
     table = Table(title=f"Federated SmolVLA: {args.nodes} SuperNodes, FedProx, run {result.status}")
     for column in ("round", "train loss", "client eval loss", "server eval loss", "round wall s", "max compute s",
                    "MB moved"):
@@ -256,7 +274,11 @@ def _add_push_parser(sub) -> None:
     p = sub.add_parser("push", help="push a saved checkpoint directory to the Hugging Face Hub (needs HF_TOKEN)")
     p.add_argument("checkpoint", type=Path, help="e.g. outputs/<timestamp>/models/checkpoint_round_30")
     p.add_argument("--repo-id", help="<user>/<model>; default: the run's hf-repo-id")
-    p.add_argument("--private", action="store_true")
+    visibility = p.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_true", default=None,
+                            help="create the repository private (default: the run's hf-private, else private)")
+    visibility.add_argument("--public", dest="private", action="store_false", default=None,
+                            help="create the repository public")
     p.set_defaults(handler=_push)
 
 
@@ -265,15 +287,48 @@ def _push(args: argparse.Namespace) -> int:
 
     from app.hub import push_checkpoint
 
-    repo_id = args.repo_id
-    if not repo_id:
-        run_config = args.checkpoint.resolve().parent.parent / "run_config.json"
-        if run_config.exists():
-            repo_id = json.loads(run_config.read_text()).get("run-config", {}).get("hf-repo-id") or None
+    run_config_file = args.checkpoint.resolve().parent.parent / "run_config.json"
+    run_config = json.loads(run_config_file.read_text()).get("run-config", {}) if run_config_file.exists() else {}
+    repo_id = args.repo_id or run_config.get("hf-repo-id") or None
     if not repo_id:
         raise UserError("no --repo-id given and the run had no hf-repo-id: pass --repo-id <user>/<model>")
-    url = push_checkpoint(args.checkpoint, repo_id, private=args.private)
+    # Publishing is a choice made explicitly (--public, or the run's hf-private=false), never a default.
+    private = args.private if args.private is not None else str(run_config.get("hf-private", True)).lower() != "false"
+    url = push_checkpoint(args.checkpoint, repo_id, private=private)
     log.info("pushed", repo_id=repo_id, commit_url=url)
+    return 0
+
+
+def _add_certs_parser(sub) -> None:
+    p = sub.add_parser("certs", help="the federation owner's TLS files: a CA and the SuperLink's certificate")
+    p.add_argument("--out", type=Path, required=True, help="directory for ca.crt, ca.key, server.pem, server.key")
+    p.add_argument("--name", action="append", required=True, dest="names",
+                   help="a DNS name or IP address nodes reach the SuperLink by (repeat for each)")
+    p.set_defaults(handler=_certs)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from app.certs import ensure_tls
+
+    files = ensure_tls(args.out, args.names)
+    log.info("tls_ready", ca_certificate=str(files.ca_cert), server_certificate=str(files.server_cert),
+             send_to_operators=str(files.ca_cert), keep_private=[str(args.out / "ca.key"), str(files.server_key)])
+    return 0
+
+
+def _add_keys_parser(sub) -> None:
+    p = sub.add_parser("keys", help="an operator's SuperNode key pair, for SuperNode authentication")
+    p.add_argument("--name", required=True, help="the node's name, e.g. operator_0")
+    p.add_argument("--out", type=Path, default=Path("keys"), help="directory for <name>.key and <name>.pub")
+    p.set_defaults(handler=_keys)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from app.certs import ensure_node_key
+
+    private, public = ensure_node_key(args.out, args.name)
+    log.info("node_key_ready", private_key=str(private), public_key=str(public),
+             next_step=f"send {public} to the federation's owner; start the node with --auth-private-key {private}")
     return 0
 
 
@@ -286,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_node_parser(sub)
     _add_demo_parser(sub)
     _add_push_parser(sub)
+    _add_certs_parser(sub)
+    _add_keys_parser(sub)
     return parser
 
 

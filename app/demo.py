@@ -1,8 +1,10 @@
 """`fedvla demo`: a real federation on this machine, on the embedded default.
 
 Generates the embedded model and operator datasets, starts a SuperLink and N SuperNodes as separate processes
-talking gRPC on 127.0.0.1, submits this app with `flwr run`, follows the run, stops everything it started, and
-returns where the outputs went.
+talking gRPC over TLS on 127.0.0.1 (a CA and certificate made for this deployment; plain gRPC only with
+`tls=False`), submits this app with `flwr run`, follows the run, stops everything it started, and returns where
+the outputs went. A SuperNode that dies is started again, as a container's restart policy would, and the run
+carries on without it meanwhile.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def find_run_dir(output_dir: Path, run_id: int) -> Path:
     raise FileNotFoundError(f"no outputs for run {run_id} under {output_dir}")
 
 
-def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=None) -> DemoResult:
+def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=None, tls: bool = True) -> DemoResult:
     from app import embedded
     from app.checkpoint import list_checkpoints
     from app.launch import Deployment
@@ -80,7 +82,7 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=Non
     datasets = [str(embedded.ensure_operator_dataset(i)) for i in range(num_nodes)]  # each node checks its own
 
     workdir = Path(tempfile.mkdtemp(prefix="fedvla-demo-"))
-    with Deployment(workdir) as deployment:
+    with Deployment(workdir, tls=tls, restart_nodes=True) as deployment:
         deployment.start_superlink(cwd=APP_DIR)
         threads = max(1, (os.cpu_count() or 1) // num_nodes)  # the nodes share this machine's cores
         for i, uri in enumerate(datasets):

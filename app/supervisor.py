@@ -5,10 +5,13 @@ worker beside flower-supernode). SIGTERM and SIGINT go to both, so `docker stop`
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from app.telemetry import get_logger
 
@@ -67,10 +70,26 @@ class Companion:
             self.process.wait()
 
 
-def run(command: Sequence[str], env: Mapping[str, str], role: str = "", helper: Companion | None = None) -> int:
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _pass_through(stream, watch: Callable[[str], None]) -> None:
+    """Copy the child's output to ours unchanged, and hand each line, without colour codes, to `watch`."""
+    for raw in iter(stream.readline, b""):
+        sys.stdout.buffer.write(raw)
+        sys.stdout.buffer.flush()
+        watch(ANSI_ESCAPE.sub("", raw.decode(errors="replace")).rstrip())
+
+
+def run(command: Sequence[str], env: Mapping[str, str], role: str = "", helper: Companion | None = None,
+        watch: Callable[[str], None] | None = None) -> int:
     """Run `command` to its end (with `helper`, already started, kept alive beside it); returns its exit code,
-    128 + N when killed by signal N, as a shell reports it."""
-    child = subprocess.Popen(list(command), env=dict(env))
+    128 + N when killed by signal N, as a shell reports it. `watch` sees every line the command writes."""
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if watch else {}
+    child = subprocess.Popen(list(command), env=dict(env), **piped)
+    reader = threading.Thread(target=_pass_through, args=(child.stdout, watch), daemon=True) if watch else None
+    if reader is not None:
+        reader.start()
 
     def forward(signum, _frame):
         child.send_signal(signum)
@@ -88,5 +107,7 @@ def run(command: Sequence[str], env: Mapping[str, str], role: str = "", helper: 
             helper.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if reader is not None:
+            reader.join(timeout=5)  # its last lines (often the reason it exited) come before ours
     log.info("supervised_process_exited", role=role, command=command[0], code=code)
     return code if code >= 0 else 128 - code

@@ -21,3 +21,10 @@ def test_a_companion_that_dies_is_started_again():
 
 def test_a_main_process_killed_by_a_signal_reports_it_as_a_shell_does():
     assert run(["sh", "-c", "kill -TERM $$"], os.environ) == 128 + 15
+
+
+def test_watch_sees_each_line_of_the_commands_output_without_colour_codes(capfdbinary):
+    lines = []
+    assert run(["sh", "-c", r"printf '\033[91mERROR \033[0m: one\ntwo\n'; exit 1"], os.environ, watch=lines.append) == 1
+    assert lines == ["ERROR : one", "two"]
+    assert b"\x1b[91mERROR" in capfdbinary.readouterr().out  # passed through unchanged

@@ -1,0 +1,63 @@
+"""The reliability suite: faults injected into real processes and real files (SIGKILL, restarts, corrupted files
+on disk, an unregistered node key, a wrong CA, hostile updates). Each test books what it did in the `ledger`;
+the session ends with one table of faults injected, runs completed, rounds lost, corrupt checkpoints loaded and
+secrets found (the last three must be 0), also written to $FEDVLA_RELIABILITY_SUMMARY when set."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import pytest
+
+COLUMNS = ("faults", "runs_completed", "rounds_lost", "corrupt_loaded", "secrets_found")
+MUST_BE_ZERO = ("rounds_lost", "corrupt_loaded", "secrets_found")
+
+
+@dataclass
+class Entry:
+    check: str
+    faults: int = 0
+    runs_completed: int = 0
+    rounds_lost: int = 0
+    corrupt_loaded: int = 0
+    secrets_found: int = 0
+
+
+@dataclass
+class Ledger:
+    entries: list[Entry] = field(default_factory=list)
+
+    def book(self, check: str, **counts: int) -> Entry:
+        """Adds what one check did; call it before asserting, so a failing check still shows in the table."""
+        entry = Entry(check, **counts)
+        self.entries.append(entry)
+        return entry
+
+    def table(self) -> list[str]:
+        width = max([len("check"), *(len(e.check) for e in self.entries)])
+        header = f"{'check':<{width}}  " + "  ".join(f"{c:>14}" for c in COLUMNS)
+        rows = [f"{e.check:<{width}}  " + "  ".join(f"{getattr(e, c):>14}" for c in COLUMNS) for e in self.entries]
+        totals = {c: sum(getattr(e, c) for e in self.entries) for c in COLUMNS}
+        total = f"{'total':<{width}}  " + "  ".join(f"{totals[c]:>14}" for c in COLUMNS)
+        return [header, "-" * len(header), *rows, "-" * len(header), total]
+
+
+LEDGER = Ledger()
+
+
+@pytest.fixture(scope="session")
+def ledger() -> Ledger:
+    return LEDGER
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not LEDGER.entries:
+        return
+    terminalreporter.section("reliability summary (rounds lost, corrupt loaded, secrets found must be 0)")
+    for line in LEDGER.table():
+        terminalreporter.write_line(line)
+    if path := os.environ.get("FEDVLA_RELIABILITY_SUMMARY"):
+        with open(path, "w") as f:
+            json.dump([asdict(e) for e in LEDGER.entries], f, indent=2)
