@@ -97,7 +97,10 @@ def _certificate(subject: str, key, issuer: x509.Name, signer, days: int, ca: bo
                           key_encipherment=False, data_encipherment=False, key_agreement=False,
                           encipher_only=False, decipher_only=False), critical=True)
     else:
+        # Python 3.13's default TLS verification (X509 strict) refuses a server certificate without this
+        issuer_key = x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key())
         builder = (builder
+                   .add_extension(issuer_key, critical=False)
                    .add_extension(x509.SubjectAlternativeName([_alt_name(n) for n in names]), critical=False)
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
     return builder.sign(signer, hashes.SHA256())

@@ -46,14 +46,30 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+def _retired(target: Path) -> Path:
+    return target.with_name(f".{target.name}-retired")
+
+
+def restore_interrupted(target: Path) -> None:
+    """Replacing a directory takes two renames (the old one aside, the new one into place): a process killed between
+    them left no `target`, and the old version, complete, aside. Put it back, so that neither a reader nor the next
+    save (which would otherwise delete it) loses it."""
+    retired = _retired(target)
+    if retired.is_dir() and not target.exists():
+        os.replace(retired, target)
+        _fsync(target.parent)
+        log.warning("checkpoint_restored", checkpoint=str(target), why="a save that was replacing it was interrupted")
+
+
 def write_directory_atomic(target: Path, fill: Callable[[Path], None]) -> Path:
     """Create `target` by calling `fill(tmpdir)` and renaming; an existing `target` is replaced only on success."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    restore_interrupted(target)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         fill(staging)
         if target.exists():
-            retired = target.with_name(f".{target.name}-retired")
+            retired = _retired(target)
             shutil.rmtree(retired, ignore_errors=True)
             os.replace(target, retired)
             os.replace(staging, target)
@@ -120,6 +136,7 @@ def verify_checkpoint(directory: Path) -> None:
 
 def usable_checkpoint(directory: Path) -> Path:
     """`directory` if it verifies; otherwise, said in the log, the newest earlier checkpoint beside it that does."""
+    restore_interrupted(directory)
     try:
         verify_checkpoint(directory)
         return directory

@@ -327,7 +327,7 @@ def _keys(args: argparse.Namespace) -> int:
     from app.certs import ensure_node_key
 
     private, public = ensure_node_key(args.out, args.name)
-    log.info("node_key_ready", private_key=str(private), public_key=str(public),
+    log.info("node_key_ready", private_key_file=str(private), public_key_file=str(public),
              next_step=f"send {public} to the federation's owner; start the node with --auth-private-key {private}")
     return 0
 

@@ -118,6 +118,29 @@ def resolve_device(device: str) -> str:
     return device
 
 
+# Flower's aggregations (flwr.serverapp.strategy) a run can choose for a round's screened updates. "fedprox" is the
+# sample-weighted mean (FedAvg's server side: FedProx's proximal term acts on the nodes, whichever is chosen).
+AGGREGATIONS = ("fedprox", "fedtrimmedavg", "fedmedian", "krum", "multikrum", "bulyan")
+# n >= a * f + b: the updates a round needs to withstand f hostile ones (the papers' bounds).
+BYZANTINE_BOUNDS = {"fedmedian": (2, 1), "krum": (2, 3), "multikrum": (2, 3), "bulyan": (4, 3)}
+
+
+def updates_needed(aggregation: str, malicious: int, trim_beta: float) -> int:
+    """The fewest updates a round of `aggregation` needs to withstand `malicious` hostile ones; 0 when no number is
+    enough (a trimmed mean that trims nothing)."""
+    if aggregation == "fedprox" or (aggregation == "fedtrimmedavg" and malicious == 0):
+        return 1
+    if aggregation == "fedtrimmedavg":  # Flower cuts int(beta * n) updates from each end: n must make that f
+        if trim_beta == 0.0:
+            return 0
+        n = max(1, int(malicious / trim_beta) - 1)
+        while int(trim_beta * n) < malicious:  # Flower's own arithmetic, so the bound is exact
+            n += 1
+        return n
+    per_hostile, base = BYZANTINE_BOUNDS[aggregation]
+    return per_hostile * malicious + base
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The federation's settings, the same on the ServerApp and every ClientApp of a run."""
@@ -145,15 +168,25 @@ class RunConfig:
     min_train_nodes: int = 2
     min_available_nodes: int = 2
     min_replies: int = 1  # a round closes with the usable replies it has, if at least this many
+    aggregation: str = "fedprox"  # one of AGGREGATIONS
+    trim_beta: float = 0.2  # fedtrimmedavg: share of updates cut from each end (Flower's default)
+    num_malicious_nodes: int = 1  # hostile nodes a robust aggregation must withstand (checked against min-train-nodes)
+    # Replies larger than this are dropped before their arrays are decoded (0: no cap). An honest update is exactly
+    # the size of the trainable weights (smolvla_base: 400 MB fp32): 1024 MB leaves room for a larger trainable part
+    # while a node cannot make the server decode gigabytes; raise it when training more of a bigger model.
+    max_update_mb: float = 1024.0
     round_timeout: float = 1800.0  # seconds a round waits for replies (a lost node is noticed sooner, by heartbeat)
     node_wait_timeout: float = 600.0  # seconds to wait for min-available-nodes before the run gives up
     early_stop_patience: int = 0  # 0: never stop early
     early_stop_min_delta: float = 0.0
     hf_repo_id: str = ""
+    hf_private: bool = True  # the weights come from operators' private recordings: publishing is a choice
     use_wandb: bool = False
     device: str = "auto"
     output_dir: str = "outputs"
-    resume_from: str = ""  # a checkpoint directory of an earlier run, on the server's machine
+    # "latest": carry on this run-config's interrupted run, if any (app.resume); a checkpoint directory of an earlier
+    # run, on the server's machine; "": always start afresh
+    resume_from: str = "latest"
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> RunConfig:
@@ -186,11 +219,16 @@ class RunConfig:
             min_train_nodes=_int(raw, "min-train-nodes", d.min_train_nodes, 1),
             min_available_nodes=_int(raw, "min-available-nodes", d.min_available_nodes, 1),
             min_replies=_int(raw, "min-replies", d.min_replies, 1),
+            aggregation=_str(raw, "aggregation", d.aggregation).lower(),
+            trim_beta=_float(raw, "trim-beta", d.trim_beta, 0.0, 0.5),
+            num_malicious_nodes=_int(raw, "num-malicious-nodes", d.num_malicious_nodes, 0),
+            max_update_mb=_float(raw, "max-update-mb", d.max_update_mb, 0.0),
             round_timeout=_float(raw, "round-timeout", d.round_timeout, 1.0),
             node_wait_timeout=_float(raw, "node-wait-timeout", d.node_wait_timeout, 1.0),
             early_stop_patience=_int(raw, "early-stop-patience", d.early_stop_patience, 0),
             early_stop_min_delta=_float(raw, "early-stop-min-delta", d.early_stop_min_delta, 0.0),
             hf_repo_id=_str(raw, "hf-repo-id", d.hf_repo_id),
+            hf_private=_bool(raw, "hf-private", d.hf_private),
             use_wandb=_bool(raw, "use-wandb", d.use_wandb),
             device=_device(raw),
             output_dir=_str(raw, "output-dir", d.output_dir),
@@ -205,7 +243,31 @@ class RunConfig:
         if not config.model:
             raise ConfigError("model must name a Hub id, a checkpoint directory or embedded:tiny")
         parse_camera_map(config.camera_map, config.model)
+        config._check_aggregation()
         return config
+
+    def _check_aggregation(self) -> None:
+        if self.aggregation not in AGGREGATIONS:
+            raise ConfigError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+        if self.trim_beta >= 0.5:
+            raise ConfigError(f"trim-beta must be below 0.5 (the share cut from each end), got {self.trim_beta}")
+        f = self.num_malicious_nodes
+        if self.updates_needed == 0:
+            raise ConfigError(f"aggregation=fedtrimmedavg with trim-beta=0 trims nothing, so it cannot withstand "
+                              f"num-malicious-nodes={f}: set trim-beta above 0 (and below 0.5)")
+        if self.min_train_nodes < self.updates_needed:
+            rule = ("it cuts int(trim-beta x updates) from each end" if self.aggregation == "fedtrimmedavg"
+                    else "{} x num-malicious-nodes + {}".format(*BYZANTINE_BOUNDS[self.aggregation]))
+            raise ConfigError(
+                f"aggregation={self.aggregation} withstands num-malicious-nodes={f} only with at least "
+                f"{self.updates_needed} updates a round ({rule}), but min-train-nodes={self.min_train_nodes}: raise "
+                f"min-train-nodes and min-available-nodes to {self.updates_needed}, or lower num-malicious-nodes"
+                + (" (or raise trim-beta)" if self.aggregation == "fedtrimmedavg" else ""))
+
+    @property
+    def updates_needed(self) -> int:
+        """The fewest usable updates the chosen aggregation needs a round (1 for fedprox)."""
+        return updates_needed(self.aggregation, self.num_malicious_nodes, self.trim_beta)
 
     def steps_for(self, train_samples: int) -> int:
         """Local optimizer steps per round: local-epochs passes over the data, else local-steps."""

@@ -69,8 +69,9 @@ def resolve_dataset_uri(uri: str) -> DatasetRef:
 
 def public_name(uri: str) -> str:
     """How a node's dataset is named to the server, in reports and model cards: Hub and embedded URIs as they are,
-    a local path by its directory name only (an operator's file system layout stays on its machine)."""
-    if uri.startswith(("hf:", "embedded:")):
+    a local path by its directory name only (an operator's file system layout stays on its machine). A name that
+    is public already stays as it is, so the server can apply this to whatever a node reports."""
+    if not uri or uri.startswith(("hf:", "embedded:", "local:")):
         return uri
     return f"local:{Path(uri).expanduser().name}"
 
@@ -170,6 +171,19 @@ def open_dataset(
         )
     except Exception as exc:
         raise DatasetError(f"dataset {ref.uri!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+
+
+def probe_frames(ref: DatasetRef, meta: LeRobotDatasetMetadata) -> None:
+    """Read the first frame of the first and of the last episode, videos decoded: a recording cut short or a codec
+    this machine cannot decode fails here, when the node starts, instead of in the middle of a round."""
+    if meta.total_episodes == 0:
+        raise DatasetError(f"dataset {ref.uri!r} has no episodes: record some, or point at another dataset")
+    for episode in sorted({0, meta.total_episodes - 1}):
+        try:
+            open_dataset(ref, [episode], None)[0]
+        except Exception as exc:
+            raise DatasetError(f"dataset {ref.uri!r}: episode {episode}'s first frame cannot be read "
+                               f"({type(exc).__name__}: {exc}): re-encode or re-record that episode") from exc
 
 
 class CameraRenamed:

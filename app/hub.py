@@ -18,8 +18,10 @@ def should_push(run: RunConfig) -> bool:
     return bool(run.hf_repo_id) and run.num_server_rounds >= run.checkpoint_interval
 
 
-def push_checkpoint(directory: Path, repo_id: str, private: bool = False) -> str:
-    """Upload a checkpoint directory as one commit to the model repository `repo_id`; returns the commit URL."""
+def push_checkpoint(directory: Path, repo_id: str, private: bool = True) -> str:
+    """Upload a checkpoint directory as one commit to the model repository `repo_id`; returns the commit URL.
+    A repository that does not exist yet is created private unless `private` is False (run-config `hf-private`);
+    an existing one keeps the visibility it has."""
     from huggingface_hub import HfApi
 
     if not (directory / "model.safetensors").is_file() or not (directory / "config.json").is_file():
@@ -30,7 +32,7 @@ def push_checkpoint(directory: Path, repo_id: str, private: bool = False) -> str
     if not token:
         raise UserError("HF_TOKEN is not set: create a write token at huggingface.co/settings/tokens and export it")
     api = HfApi(token=token)
-    log.info("hub_push_start", repo_id=repo_id, checkpoint=str(directory))
+    log.info("hub_push_start", repo_id=repo_id, checkpoint=str(directory), private=private)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = api.upload_folder(
         repo_id=repo_id, folder_path=directory, repo_type="model", commit_message=f"Upload {directory.name}"

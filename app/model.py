@@ -45,6 +45,16 @@ def resolve_model(model: str) -> str:
     return model
 
 
+def public_model_name(model: str) -> str:
+    """How a model reference is named beyond this machine (model cards, the Hub): a Hub id or the embedded model as
+    it is, a local checkpoint directory by its directory name only."""
+    model = model.strip()
+    path = Path(model).expanduser()
+    if not model.startswith("embedded:") and (path.exists() or model.startswith(("/", ".", "~"))):
+        return f"local:{path.resolve().name}"
+    return model
+
+
 def load_config(model: str, device: str = "cpu", cameras: tuple[str, ...] | None = None) -> SmolVLAConfig:
     """The policy's config; `cameras` keeps only those camera inputs (SmolVLA's weights do not depend on how
     many cameras it sees), so a federation of two-camera arms can fine-tune a three-camera base."""

@@ -191,9 +191,10 @@ def check_node_dataset(dataset_uri: str, model: str, fps: int, cameras: str, cam
     (`cameras` and `camera_map` as in the run-config). Returns its size; raises a UserError naming the problem
     otherwise."""
     from app import model as models
-    from app.data import open_checked
+    from app.data import open_checked, probe_frames
 
     config = models.load_config(model, cameras=parse_cameras(cameras, model))
-    _, meta = open_checked(dataset_uri, models.policy_schema(config, fps), parse_camera_map(camera_map, model))
+    ref, meta = open_checked(dataset_uri, models.policy_schema(config, fps), parse_camera_map(camera_map, model))
+    probe_frames(ref, meta)
     log.info("node_dataset_ok", dataset=dataset_uri, episodes=meta.total_episodes, frames=meta.total_frames, fps=meta.fps)
     return DatasetSize(episodes=meta.total_episodes, frames=meta.total_frames)

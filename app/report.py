@@ -8,10 +8,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from app.checkpoint import write_json_atomic
+from app.telemetry import get_logger
 
 __all__ = ["new_run_dir", "write_json_atomic", "line_chart"]
+
+log = get_logger(__name__)
 
 
 def new_run_dir(base: Path) -> Path:
@@ -60,6 +64,36 @@ def line_chart(
     return path
 
 
+class NodeNames:
+    """Node id -> the name its replies give. A node's data is kept by its Flower node id, the name is for people: two
+    nodes that report the same name (two operators who both kept a default) are shown as "operator_0 (node 123)"
+    instead of overwriting each other's metrics."""
+
+    def __init__(self):
+        self.names: dict[int, str] = {}
+        self._warned: set[str] = set()
+
+    def add(self, node_id: int, name: str) -> None:
+        self.names[node_id] = name
+        if self.shared(node_id) and name not in self._warned:
+            self._warned.add(name)
+            log.warning("node_name_shared", name=name, node_ids=self.sharing(name),
+                        fix="give each node its own name (fedvla node --name); reports tell them apart by node id")
+
+    def sharing(self, name: str) -> list[int]:
+        return sorted(node_id for node_id, other in self.names.items() if other == name)
+
+    def shared(self, node_id: int) -> bool:
+        return len(self.sharing(self.names.get(node_id, ""))) > 1
+
+    def label(self, node_id: int) -> str:
+        name = self.names.get(node_id, str(node_id))
+        return f"{name} (node {node_id})" if self.shared(node_id) else name
+
+    def labelled(self, by_node: Mapping[int, Any]) -> dict[str, Any]:
+        return {self.label(node_id): value for node_id, value in by_node.items()}
+
+
 class RunOutputs:
     """The federated run's `outputs/<timestamp>/` directory (the upstream zk0 layout):
 
@@ -70,6 +104,7 @@ class RunOutputs:
     server/eval_policy_loss_history.json, eval_policy_loss_chart.png   server and per-client eval loss by round
     server/federated_metrics.json, federated_metrics.png               per-round wall time, compute, bytes, losses
     clients/client_<name>/client.log, round_N.json                     each node's replies, as the server got them
+                                     (client_<name>_node<id>/ for nodes that share a name)
     models/checkpoint_round_N/       LeRobot checkpoints (see app.checkpoint)
     """
 
@@ -82,13 +117,40 @@ class RunOutputs:
             directory.mkdir(parents=True, exist_ok=True)
         self.rounds: list[dict] = []
         self.server_eval: dict[int, float] = {}
-        self.client_eval: dict[str, dict[int, float]] = {}
-        self._client_rounds: dict[tuple[str, int], dict] = {}
+        self.nodes = NodeNames()
+        self.client_eval: dict[int, dict[int, float]] = {}  # node id -> round -> its held-out loss
+        self._client_rounds: dict[tuple[int, int], dict] = {}
+        self._client_dirs: dict[int, Path] = {}
 
     @classmethod
     def create(cls, base: Path, run_config: Mapping, run_id: int) -> RunOutputs:
         outputs = cls(new_run_dir(base))
         write_json_atomic(outputs.root / "run_config.json", {"run-id": run_id, "run-config": dict(run_config)})
+        return outputs
+
+    @classmethod
+    def reopen(cls, root: Path, run_id: int) -> RunOutputs:
+        """An interrupted run's directory, to carry on in (app.resume): its metric history is read back, and the
+        run id that continues it is added to run_config.json."""
+        import json
+
+        outputs = cls(root)
+        metrics = outputs.server / "federated_metrics.json"
+        outputs.rounds = json.loads(metrics.read_text())["rounds"] if metrics.exists() else []
+        for path in outputs.server.glob("round_*_server_eval.json"):
+            record = json.loads(path.read_text())
+            outputs.server_eval[int(record["round"])] = record["eval-loss"]
+        for path in outputs.clients.glob("client_*/round_*.json"):
+            entry = json.loads(path.read_text())
+            node_id = int(entry["node_id"])
+            outputs.nodes.add(node_id, entry.get("name", path.parent.name.removeprefix("client_")))
+            outputs._client_dirs[node_id] = path.parent
+            outputs._client_rounds[(node_id, entry["round"])] = entry
+            if "eval-loss" in entry.get("evaluate", {}):
+                outputs.client_eval.setdefault(node_id, {})[entry["round"]] = entry["evaluate"]["eval-loss"]
+        config = json.loads((root / "run_config.json").read_text())
+        config["continued-by"] = [*config.get("continued-by", []), run_id]
+        write_json_atomic(root / "run_config.json", config)
         return outputs
 
     @property
@@ -99,18 +161,25 @@ class RunOutputs:
     def server_log(self) -> Path:
         return self.server / "server.log"
 
-    def client_dir(self, name: str) -> Path:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-        return self.clients / f"client_{safe}"
+    def client_dir(self, node_id: int) -> Path:
+        """clients/client_<name>, or client_<name>_node<id> when the name was shared by then. Chosen once per node,
+        so a name that clashes later does not split a node's files."""
+        if node_id not in self._client_dirs:
+            name = self.nodes.names.get(node_id, str(node_id))
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+            suffix = f"_node{node_id}" if self.nodes.shared(node_id) else ""
+            self._client_dirs[node_id] = self.clients / f"client_{safe}{suffix}"
+        return self._client_dirs[node_id]
 
     def record_client_reply(self, kind: str, server_round: int, name: str, node_id: int, dataset: str,
                             metrics: dict[str, float]) -> None:
         import json
 
-        directory = self.client_dir(name)
+        self.nodes.add(node_id, name)
+        directory = self.client_dir(node_id)
         directory.mkdir(parents=True, exist_ok=True)
-        entry = self._client_rounds.setdefault((name, server_round), {"round": server_round, "node_id": node_id,
-                                                                      "dataset": dataset})
+        entry = self._client_rounds.setdefault((node_id, server_round), {"round": server_round, "node_id": node_id,
+                                                                         "name": name, "dataset": dataset})
         entry[kind] = metrics
         write_json_atomic(directory / f"round_{server_round}.json", entry)
         line = {"timestamp": dt.datetime.now(dt.UTC).isoformat(), "event": f"{kind}_reply", "round": server_round,
@@ -118,7 +187,7 @@ class RunOutputs:
         with open(directory / "client.log", "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
         if kind == "evaluate" and "eval-loss" in metrics:
-            self.client_eval.setdefault(name, {})[server_round] = metrics["eval-loss"]
+            self.client_eval.setdefault(node_id, {})[server_round] = metrics["eval-loss"]
 
     def record_server_eval(self, server_round: int, metrics: dict[str, float]) -> None:
         self.server_eval[server_round] = metrics["eval-loss"]
@@ -133,18 +202,23 @@ class RunOutputs:
     def model_card(self, run, server_round: int, node_datasets: dict[str, str], summary: dict,
                    wandb_url: str | None = None) -> str:
         from app.checkpoint import render_model_card
+        from app.data import public_name
+        from app.model import public_model_name
 
+        # A card may be published: it names datasets and models as nodes report them (Hub ids, local:<directory>),
+        # and no path of this machine.
         facts = {
-            "base model": run.model,
+            "base model": public_model_name(run.model),
             "rounds": server_round,
-            "nodes (datasets)": ", ".join(f"{n} ({d})" for n, d in sorted(node_datasets.items())),
-            "strategy": f"FedProx, proximal-mu {run.proximal_mu}, sample-weighted",
+            "nodes (datasets)": ", ".join(f"{n} ({public_name(d)})" for n, d in sorted(node_datasets.items())),
+            "strategy": f"FedProx, proximal-mu {run.proximal_mu}, "
+                        + ("sample-weighted" if run.aggregation == "fedprox" else f"{run.aggregation} aggregation"),
             "local steps per round": run.local_steps if run.local_epochs == 0 else f"{run.local_epochs} epochs",
             "batch size": run.batch_size,
             "learning rate": f"{run.lr} (cosine over rounds to x{run.lr_min_ratio})",
-            "server eval dataset": run.server_eval_dataset,
+            "server eval dataset": public_name(run.server_eval_dataset),
             "seed": run.seed,
-            "run outputs": str(self.root),
+            "run": self.root.name,
         }
         if wandb_url:
             facts["Weights & Biases run"] = wandb_url
@@ -161,13 +235,14 @@ class RunOutputs:
         )
 
     def write_history_and_charts(self) -> None:
+        clients = sorted(self.nodes.labelled(self.client_eval).items())
         history = {
             "server": {str(r): v for r, v in sorted(self.server_eval.items())},
-            "clients": {name: {str(r): v for r, v in sorted(c.items())} for name, c in sorted(self.client_eval.items())},
+            "clients": {name: {str(r): v for r, v in sorted(c.items())} for name, c in clients},
         }
         write_json_atomic(self.server / "eval_policy_loss_history.json", history)
         series = {"server": tuple(zip(*sorted(self.server_eval.items()))) or ((), ())}
-        for name, losses in sorted(self.client_eval.items()):
+        for name, losses in clients:
             series[f"client {name}"] = tuple(zip(*sorted(losses.items())))
         line_chart(self.server / "eval_policy_loss_chart.png", series, "Held-out policy loss", "round", "loss")
         rounds = [r["round"] for r in self.rounds]

@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 
 from app.config import RunConfig
+from app.resume import LATEST
 from app.telemetry import configure_logging, get_logger
 
 log = get_logger(__name__)
@@ -92,7 +93,7 @@ def resume(server, run: RunConfig) -> int:
     from app.checkpoint import checkpoint_round, usable_checkpoint
     from app.errors import ConfigError
 
-    if not run.resume_from:
+    if run.resume_from in ("", LATEST):  # "latest" carries on an interrupted run from its own state (app.resume)
         return 0
     directory = usable_checkpoint(Path(run.resume_from).expanduser())  # a corrupt one: the previous, said in the log
     done = checkpoint_round(directory)
@@ -110,10 +111,17 @@ def resume(server, run: RunConfig) -> int:
 def main(grid: Grid, context: Context) -> None:
     from app.report import RunOutputs
 
+    from app.resume import find_unfinished_run
+
     run = RunConfig.from_mapping(context.run_config)
-    outputs = RunOutputs.create(Path(run.output_dir), context.run_config, run_id=context.run_id)
+    interrupted = find_unfinished_run(Path(run.output_dir), context.run_config) if run.resume_from == LATEST else None
+    if interrupted is not None:
+        outputs = RunOutputs.reopen(interrupted, run_id=context.run_id)
+    else:
+        outputs = RunOutputs.create(Path(run.output_dir), context.run_config, run_id=context.run_id)
     configure_logging(log_file=outputs.run_log, app_log_file=outputs.server_log)
-    log.info("run_start", outputs=str(outputs.root), run_config=dict(context.run_config))
+    log.info("run_start", outputs=str(outputs.root), run_config=dict(context.run_config),
+             continues=interrupted is not None)
     try:
         federate(grid, run, outputs, dict(context.run_config), context.run_id)
     except Exception:
@@ -153,6 +161,31 @@ def save_round_checkpoint(server, stats: dict, arrays: ArrayRecord, outputs, sum
     return path, time.perf_counter() - started
 
 
+def last_checkpoint(outputs) -> Path | None:
+    from app.checkpoint import list_checkpoints
+
+    checkpoints = list_checkpoints(outputs.models)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def interrupted_round_eval(outputs, strategy, replies: dict, server_round: int):
+    """For a run carried on after round `server_round`: if that round's summary on disk still waits for the nodes'
+    evaluation of its model (which the next train replies bring), a function completing it; else None."""
+    recorded = next((r for r in outputs.rounds if r["round"] == server_round), None)
+    if recorded is None or recorded.get("client-eval-loss") is not None or not strategy.is_eval_round(server_round):
+        return None
+
+    def complete() -> dict:
+        summary = {**recorded, "nodes": {name: dict(node) for name, node in recorded["nodes"].items()}}
+        summary["client-eval-loss"] = strategy.client_eval.get(server_round, {}).get("eval-loss")
+        for node_id, kinds in replies.get(server_round, {}).items():
+            if "evaluate" in kinds and outputs.nodes.label(node_id) in summary["nodes"]:
+                summary["nodes"][outputs.nodes.label(node_id)]["eval-loss"] = kinds["evaluate"]["eval-loss"]
+        return summary
+
+    return complete
+
+
 def push_final_checkpoint(run: RunConfig, final: Path) -> None:
     """Push the last checkpoint to the Hub when the run asks; a failure is logged with the command to retry, as the
     run's result is safe on disk."""
@@ -160,10 +193,11 @@ def push_final_checkpoint(run: RunConfig, final: Path) -> None:
 
     if should_push(run):
         try:
-            push_checkpoint(final, run.hf_repo_id)
+            push_checkpoint(final, run.hf_repo_id, private=run.hf_private)
         except Exception as exc:
+            visibility = "--private" if run.hf_private else "--public"
             log.error("hub_push_failed", repo_id=run.hf_repo_id, error=f"{type(exc).__name__}: {exc}",
-                      retry=f"fedvla push {final} --repo-id {run.hf_repo_id}")
+                      retry=f"fedvla push {final} --repo-id {run.hf_repo_id} {visibility}")
     elif run.hf_repo_id:
         log.info("hub_push_skipped", why=f"num-server-rounds {run.num_server_rounds} < checkpoint-interval {run.checkpoint_interval}")
 
@@ -175,27 +209,42 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
     from app.hub import should_push
     from app.node import Learner
     from app.report import round_summary
+    from app.resume import RoundState, load_round_state, mark_finished, save_round_state
     from app.strategy import FedVLA
 
     if should_push(run) and not os.environ.get("HF_TOKEN"):
         raise ConfigError(f"hf-repo-id={run.hf_repo_id!r} asks for a Hub push, but HF_TOKEN is not set where the "
                           "ServerApp runs (the SuperLink's environment): set it, or clear hf-repo-id")
     server = Learner(run, run.server_eval_dataset)  # the global model, and the server's held-out data
-    stats = collect_federated_stats(grid, run, server.fingerprint)
-    node_datasets: dict[str, str] = {}
-    replies: dict[int, dict[str, dict]] = {}
+    early_stop = EarlyStop(run.early_stop_patience, run.early_stop_min_delta)
+    saved = load_round_state(outputs.root) if run.resume_from == LATEST else None
+    if saved is not None:  # an interrupted run of this directory: carry on after its last completed round
+        state, saved_arrays = saved
+        models.load_trainable_state(server.policy, saved_arrays)
+        stats, first_round = state.norm_stats, state.round + 1
+        early_stop.best, early_stop.stale = state.best_loss, state.stale
+        log.info("run_continued", rounds_done=state.round, outputs=str(outputs.root))
+    else:
+        stats = collect_federated_stats(grid, run, server.fingerprint)
+        first_round = resume(server, run) + 1
+    node_datasets: dict[int, str] = {}  # node id -> dataset; a node's data is kept by id, as names may clash
+    replies: dict[int, dict[int, dict]] = {}  # round -> node id -> kind -> metrics
 
     def on_replies(kind, server_round, reports):
+        for rep in reports:  # every name first: two nodes of one round that share a name both get their id shown
+            outputs.nodes.add(rep.node_id, rep.name)
         for rep in reports:
             outputs.record_client_reply(kind, server_round, rep.name, rep.node_id, rep.dataset, rep.metrics)
-            replies.setdefault(server_round, {}).setdefault(rep.name, {})[kind] = rep.metrics
-            node_datasets[rep.name] = rep.dataset
+            replies.setdefault(server_round, {}).setdefault(rep.node_id, {})[kind] = rep.metrics
+            node_datasets[rep.node_id] = rep.dataset
 
-    first_round = resume(server, run) + 1
     arrays = ArrayRecord(models.trainable_state(server.policy))
-    strategy = FedVLA(run, server.fingerprint, stats, set(arrays.keys()), on_replies)
-    initial = server.evaluate(arrays.to_torch_state_dict(), stats)
-    outputs.record_server_eval(first_round - 1, initial)
+    strategy = FedVLA(run, server.fingerprint, stats, arrays, on_replies)
+    if first_round - 1 in outputs.server_eval:  # evaluated before the interruption
+        initial = {"eval-loss": outputs.server_eval[first_round - 1]}
+    else:
+        initial = server.evaluate(arrays.to_torch_state_dict(), stats)
+        outputs.record_server_eval(first_round - 1, initial)
     metrics.record_server_start(run_id, run.num_server_rounds, initial["eval-loss"], first_round)
     tracker = None
     if run.use_wandb:
@@ -203,12 +252,12 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
 
         tracker = WandbTracker(outputs.root, run_config, name=outputs.root.name)
         tracker.log_initial(initial["eval-loss"], first_round - 1)
-    early_stop = EarlyStop(run.early_stop_patience, run.early_stop_min_delta)
 
     def summarize(server_round: int, wall_seconds: float, train_metrics, server_eval, server_work: dict) -> dict:
         return round_summary(
             server_round, run.round_lr(server_round), wall_seconds, train_metrics, strategy.client_eval.get(server_round),
-            server_eval, replies.get(server_round, {}), strategy.dropped.get(server_round, []), server_work,
+            server_eval, outputs.nodes.labelled(replies.get(server_round, {})), strategy.dropped.get(server_round, []),
+            server_work,
         )
 
     def complete(summary: dict) -> None:
@@ -216,7 +265,10 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         if tracker is not None:
             tracker.log_round(summary)
 
-    awaiting_client_eval = None  # re-summarizes the last round once the nodes' evaluation of its model is in
+    # re-summarizes the last round once the nodes' evaluation of its model is in
+    awaiting_client_eval = interrupted_round_eval(outputs, strategy, replies, first_round - 1)
+    final = last_checkpoint(outputs)  # an interrupted run may have nothing left to train
+    server_round = first_round - 1
     for server_round in range(first_round, run.num_server_rounds + 1):
         started = time.perf_counter()
         log.info("round_start", round=server_round, lr=run.round_lr(server_round))
@@ -226,8 +278,9 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         strategy.missing("train", server_round, silent)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, train_replies)
         if new_arrays is None:
-            raise RuntimeError(f"round {server_round}: fewer than min-replies={run.min_replies} usable updates: "
-                               f"{strategy.dropped[server_round]}")
+            raise RuntimeError(f"round {server_round}: fewer than {strategy.replies_needed} usable updates "
+                               f"(min-replies={run.min_replies}; aggregation={run.aggregation} needs "
+                               f"{run.updates_needed}): {strategy.dropped[server_round]}")
         arrays = new_arrays
         if awaiting_client_eval is not None:  # these train replies carried the evaluation of the last round's model
             complete(awaiting_client_eval())
@@ -252,7 +305,8 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
         if should_checkpoint(server_round, run, stop):
             final, server_work["checkpoint-seconds"] = save_round_checkpoint(
-                server, stats, arrays, outputs, summary, node_datasets, tracker.url if tracker else None)
+                server, stats, arrays, outputs, summary, outputs.nodes.labelled(node_datasets),
+                tracker.url if tracker else None)
             metrics.record_checkpoint(run_id, server_round, server_work["checkpoint-seconds"])
             summary = summarize(server_round, wall_seconds, train_metrics, server_eval, server_work)
         if strategy.is_eval_round(server_round) and not last:
@@ -261,6 +315,8 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
                                                      server_work)
         else:
             complete(summary)
+        save_round_state(outputs.root, RoundState(server_round, stats, early_stop.best, early_stop.stale),
+                         arrays.to_torch_state_dict())
         if stop:
             log.info("early_stop", round=server_round, best=early_stop.best)
             break
@@ -269,5 +325,6 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
     if tracker is not None:
         tracker.finish()
     push_final_checkpoint(run, final)
+    mark_finished(outputs.root)
     log.info("run_done", rounds=server_round, outputs=str(outputs.root), final_checkpoint=str(final),
              server_eval=outputs.server_eval)

@@ -48,6 +48,7 @@ def run_standalone(cfg: StandaloneConfig, progress=None) -> StandaloneSummary:
     from app import model as models
     from app.checkpoint import render_model_card, save_checkpoint
     from app.config import resolve_device
+    from app.data import public_name
     from app.evaluate import evaluate
     from app.node import policy_config_and_data
     from app.report import line_chart, new_run_dir, write_json_atomic
@@ -80,6 +81,10 @@ def run_standalone(cfg: StandaloneConfig, progress=None) -> StandaloneSummary:
     result = train(policy, preprocessor, data.train, settings, on_step=on_step)
     losses, seconds = result.losses, result.seconds
 
+    # What the checkpoint says of its making may be published: the model and the dataset by their public names, no
+    # path of this machine (the run directory's own metrics.json keeps them).
+    public = {"model": models.public_model_name(cfg.model), "dataset": public_name(cfg.dataset)}
+    public_config = {**{k: str(v) for k, v in asdict(cfg).items() if k != "output_dir"}, **public}
     metrics = {
         "initial_heldout_loss": eval_curve[0][1],
         "final_heldout_loss": eval_curve[-1][1],
@@ -101,12 +106,12 @@ def run_standalone(cfg: StandaloneConfig, progress=None) -> StandaloneSummary:
         policy,
         preprocessor,
         postprocessor,
-        metrics={k: v for k, v in metrics.items() if k != "train_loss"},
+        metrics={**{k: v for k, v in metrics.items() if k != "train_loss"}, "config": public_config},
         model_card=render_model_card(
             "SmolVLA fine-tuned (standalone baseline)",
             "Centralized fine-tuning of SmolVLA on one LeRobot dataset; the baseline for federated runs.",
-            {"base model": cfg.model, "dataset": cfg.dataset, "steps": cfg.steps, "batch size": cfg.batch_size,
-             "learning rate": cfg.lr, "seed": cfg.seed},
+            {"base model": public["model"], "dataset": public["dataset"], "steps": cfg.steps,
+             "batch size": cfg.batch_size, "learning rate": cfg.lr, "seed": cfg.seed},
             {"initial held-out loss": eval_curve[0][1], "final held-out loss": eval_curve[-1][1]},
         ),
     )

@@ -5,17 +5,20 @@
 - one message per node per round: a node evaluates the global model it receives before it trains on it, when the
   previous round was an evaluation round (every `eval-frequency` rounds), and reports that loss in its train
   reply; only the final global model needs evaluate messages of its own;
-- replies are checked before they are averaged: a failed node, a reply with missing or non-finite arrays, or a
-  zero sample count is dropped and logged, not averaged in;
+- replies are checked before they are aggregated: a failed node, a reply larger than `max-update-mb`, arrays
+  with unexpected names, shapes or dtypes or non-finite values, or no sample count is dropped and logged;
 - each node's reply metrics are kept per round for the run report;
 - a round closes with the usable replies it has (a node lost mid-round is left out) if at least `min-replies`;
 - waiting for `min-available-nodes` says which known nodes are missing and gives up after `node-wait-timeout`
   (Flower's own wait has no limit).
-Aggregation itself is Flower's: a sample-weighted average of the trainable arrays.
+Aggregation itself is Flower's: by default FedProx's sample-weighted average of the trainable arrays; with
+`aggregation` one of Flower's robust strategies (trimmed mean, median, Krum, MultiKrum, Bulyan) combines the
+screened updates instead, while FedVLA still samples, configures (proximal-mu included) and screens.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -24,9 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedProx
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
 
 from app.config import RunConfig
+from app.data import public_name
 from app.node import RECEIVED_EVAL_EXAMPLES, RECEIVED_EVAL_LOSS
 from app.telemetry import get_logger
 
@@ -47,27 +51,80 @@ def node_report(msg: Message) -> NodeReport:
     return NodeReport(
         node_id=msg.metadata.src_node_id,
         name=str(info.get("node-name", msg.metadata.src_node_id)),
-        dataset=str(info.get("dataset", "")),
+        dataset=public_name(str(info.get("dataset", ""))),  # a node's own path stays out of reports and cards
         metrics={k: float(v) for k, v in metrics.items() if not isinstance(v, list)},
     )
 
 
-def reply_problem(msg: Message, expected_keys: set[str] | None) -> str | None:
-    """Why a reply must not be used, or None if it is fine."""
+@dataclass(frozen=True)
+class ExpectedUpdate:
+    """What a usable train reply carries: exactly the global model's trainable arrays (name -> shape, dtype), in at
+    most `max_bytes` (0: no cap)."""
+
+    arrays: dict[str, tuple[tuple[int, ...], str]]
+    max_bytes: int = 0
+
+    @classmethod
+    def like(cls, arrays: ArrayRecord, max_mb: float = 0.0) -> ExpectedUpdate:
+        return cls({name: (tuple(a.shape), a.dtype) for name, a in arrays.items()}, int(max_mb * 1e6))
+
+
+def _layout_problem(name: str, dtype: str, shape, expected: tuple[tuple[int, ...], str], verb: str) -> str | None:
+    if (tuple(shape), dtype) == expected:
+        return None
+    return f"array {name!r} {verb} {dtype}{list(shape)}, the model's {expected[1]}{list(expected[0])}"
+
+
+def reply_problem(msg: Message, expected: ExpectedUpdate | None) -> str | None:
+    """Why a reply must not be used, or None if it is fine. Cheap checks come first: a reply's size and its arrays'
+    declared names, shapes and dtypes are read before any array is decoded."""
     if msg.has_error():
         return f"node error: {msg.error.reason}"
-    metrics = next(iter(msg.content.metric_records.values()), None)
-    if metrics is None or float(metrics.get("num-examples", 0)) <= 0:
-        return "reply has no positive num-examples"
-    if expected_keys is None:
+    if len(msg.content.metric_records) != 1:  # Flower's aggregation would raise on it, ending the run
+        return "reply must carry exactly one MetricRecord"
+    examples = next(iter(msg.content.metric_records.values())).get("num-examples", 0)
+    if isinstance(examples, list) or not 0 < examples < math.inf:
+        return f"reply has no positive, finite num-examples (got {examples!r})"
+    if expected is None:
         return None
     arrays = msg.content.array_records.get("arrays")
-    if arrays is None or set(arrays.keys()) != expected_keys:
-        return "reply arrays do not match the model's trainable parameters"
+    if arrays is None or len(msg.content.array_records) != 1:
+        return "reply must carry exactly one ArrayRecord, 'arrays'"
+    if expected.max_bytes and (size := arrays.count_bytes()) > expected.max_bytes:
+        return f"update is {size / 1e6:.3g} MB, above max-update-mb={expected.max_bytes / 1e6:g}"
+    if set(arrays.keys()) != expected.arrays.keys():
+        unexpected = sorted(set(arrays.keys()) - expected.arrays.keys())[:3]
+        missing = sorted(expected.arrays.keys() - set(arrays.keys()))[:3]
+        return f"reply arrays do not match the model's trainable parameters: unexpected {unexpected}, missing {missing}"
     for name, array in arrays.items():
-        if not np.isfinite(array.numpy()).all():
+        if problem := _layout_problem(name, array.dtype, array.shape, expected.arrays[name], "is"):
+            return problem
+    for name, array in arrays.items():
+        try:
+            values = array.numpy()
+        except (TypeError, ValueError) as exc:
+            return f"array {name!r} cannot be decoded: {exc}"
+        # the bytes may disagree with the shape and dtype the reply declares
+        if problem := _layout_problem(name, str(values.dtype), values.shape, expected.arrays[name], "holds"):
+            return problem
+        if not np.isfinite(values).all():
             return f"array {name!r} holds NaN or inf"
     return None
+
+
+def aggregator(run: RunConfig) -> FedAvg:
+    """The Flower strategy whose aggregate_train combines a round's screened updates (run-config `aggregation`)."""
+    f = run.num_malicious_nodes
+    build = {
+        "fedprox": FedAvg,  # FedProx aggregates as FedAvg does: its proximal term acts on the nodes
+        "fedtrimmedavg": lambda: FedTrimmedAvg(beta=run.trim_beta),
+        "fedmedian": FedMedian,
+        "krum": lambda: Krum(num_malicious_nodes=f),
+        # MultiKrum averages the n - f most central updates; n is at least min-train-nodes
+        "multikrum": lambda: MultiKrum(num_malicious_nodes=f, num_nodes_to_select=run.min_train_nodes - f),
+        "bulyan": lambda: Bulyan(num_malicious_nodes=f),
+    }
+    return build[run.aggregation]()
 
 
 def wait_for_nodes(grid: Grid, needed: int, timeout: float, known: Mapping[int, str] | None = None,
@@ -98,7 +155,7 @@ class FedVLA(FedProx):
         run: RunConfig,
         base_fingerprint: str,
         norm_stats: dict[str, list[float]],
-        trainable_keys: set[str],
+        global_arrays: ArrayRecord,
         on_replies: Callable[[str, int, list[NodeReport]], None] | None = None,
     ):
         super().__init__(
@@ -112,7 +169,10 @@ class FedVLA(FedProx):
         self.run = run
         self.base_fingerprint = base_fingerprint
         self.norm_stats = ConfigRecord(norm_stats)
-        self.trainable_keys = trainable_keys
+        self.expected = ExpectedUpdate.like(global_arrays, run.max_update_mb)
+        self.aggregator = aggregator(run)
+        # A round needs min-replies usable updates, and as many as the aggregation needs to outvote hostile ones.
+        self.replies_needed = max(run.min_replies, run.updates_needed)
         self.on_replies = on_replies
         self.dropped: dict[int, list[str]] = defaultdict(list)
         self.client_eval: dict[int, dict[str, float]] = {}  # round -> held-out loss of that round's global model
@@ -145,10 +205,11 @@ class FedVLA(FedProx):
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._with_shared_records(self._construct_messages(record, node_ids, MessageType.EVALUATE))
 
-    def _screen(self, kind: str, server_round: int, replies: Iterable[Message], keys: set[str] | None) -> list[Message]:
+    def _screen(self, kind: str, server_round: int, replies: Iterable[Message],
+                expected: ExpectedUpdate | None) -> list[Message]:
         good, reports = [], []
         for msg in replies:
-            problem = reply_problem(msg, keys)
+            problem = reply_problem(msg, expected)
             if problem is None:
                 good.append(msg)
                 reports.append(node_report(msg))
@@ -169,11 +230,15 @@ class FedVLA(FedProx):
                         round_timeout=self.run.round_timeout)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        good = self._screen("train", server_round, replies, self.trainable_keys)
-        if len(good) < self.run.min_replies:
+        good = self._screen("train", server_round, replies, self.expected)
+        if len(good) < self.replies_needed:
             return None, None
         self._received_eval(server_round - 1, [node_report(msg) for msg in good])
-        return super().aggregate_train(server_round, good)
+        # The round's train loss is every usable node's, whichever updates the aggregation keeps (Krum keeps one);
+        # taken first, as Flower's robust strategies consume the replies' arrays.
+        metrics = self.train_metrics_aggr_fn([msg.content for msg in good], self.weighted_by_key)
+        arrays, _ = self.aggregator.aggregate_train(server_round, good)
+        return arrays, metrics
 
     def _received_eval(self, evaluated_round: int, reports: list[NodeReport]) -> None:
         """The nodes' held-out loss of round `evaluated_round`'s global model, from train replies that carry it:

@@ -1,8 +1,9 @@
 """Logging: structlog to the console and, optionally, JSON lines to a file, with secrets redacted everywhere.
 
-Secrets (HF_TOKEN, WANDB_API_KEY, private keys) must never reach a log. Two guards: any event field whose name
-looks secret is masked, and the current values of the known secret variables (plus anything shaped like a
-Hugging Face token) are masked wherever they appear inside a string.
+Secrets (HF_TOKEN, WANDB_API_KEY, private keys) must never reach a log. The code never logs one on purpose; as
+defense in depth, any event field whose name looks secret is masked, and wherever they appear inside a string, so
+are the current values of the known secret variables and of every environment variable named *_TOKEN, *_KEY or
+*_SECRET, anything shaped like a Hugging Face token, and PEM private key blocks.
 """
 
 from __future__ import annotations
@@ -17,17 +18,29 @@ from typing import Any
 import structlog
 
 SECRET_ENV_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
-_SECRET_KEY = re.compile(r"(token|secret|password|api_key|private_key)", re.IGNORECASE)
+# A field named like a secret (hf_token, api_key); not one that merely mentions it (tokenizer_name, private_key_file).
+_SECRET_KEY = re.compile(r"(token|secret|password|api_key|private_key)$", re.IGNORECASE)
+_SECRET_ENV_NAME = re.compile(r"_(TOKEN|KEY|SECRET)$", re.IGNORECASE)
+# Shorter values of variables that merely look secret are left alone: masking "true" or "1" everywhere would garble
+# the logs and protect nothing.
+MIN_SECRET_LENGTH = 8
 _HF_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")
+_PRIVATE_KEY_BLOCK = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL)
 REDACTED = "***"
 
 
+def secret_values() -> list[str]:
+    """The values to mask, read from the environment at each call (a token may be set after logging starts),
+    longest first so a secret containing another is masked whole."""
+    values = {os.environ.get(name, "") for name in SECRET_ENV_VARS}
+    values |= {v for k, v in os.environ.items() if _SECRET_ENV_NAME.search(k) and len(v) >= MIN_SECRET_LENGTH}
+    return sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
+
+
 def redact_text(text: str) -> str:
-    for name in SECRET_ENV_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, REDACTED)
-    return _HF_TOKEN_SHAPE.sub(REDACTED, text)
+    for value in secret_values():
+        text = text.replace(value, REDACTED)
+    return _PRIVATE_KEY_BLOCK.sub(REDACTED, _HF_TOKEN_SHAPE.sub(REDACTED, text))
 
 
 def _redact_value(value: Any) -> Any:

@@ -103,7 +103,8 @@ def train(
         loss, _ = policy.forward(batch)
         total = loss + settings.proximal_mu / 2 * proximal_term(trainable, reference) if use_prox else loss
         if not torch.isfinite(total):
-            raise FloatingPointError(f"training loss became {total.item()} at step {step}; lower the learning rate")
+            raise FloatingPointError(f"training diverged: the loss became {total.item()} at step {step} with "
+                                     f"lr={settings.lr:g}; lower lr (or grad-clip-norm) in the run-config")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         torch.nn.utils.clip_grad_norm_(trainable.values(), settings.grad_clip_norm)

@@ -6,16 +6,7 @@
 #   FEDVLA_RUN_CONFIG      run-config, 'key=value ...' (TOML values), appended to FEDVLA_RUN_CONFIG_BASE
 #   FEDVLA_INSECURE / FEDVLA_ROOT_CERTIFICATES   as for the other services
 set -eu
-export FLWR_HOME="${FLWR_HOME:-$(mktemp -d)}"
-{
-  printf '[superlink]\ndefault = "fedvla-compose"\n\n[superlink.fedvla-compose]\n'
-  printf 'address = "%s"\n' "${FEDVLA_SUPERLINK_API:-superlink:8000}"
-  if [ "${FEDVLA_INSECURE:-false}" = true ]; then
-    printf 'insecure = true\n'
-  else
-    printf 'root-certificates = "%s"\n' "${FEDVLA_ROOT_CERTIFICATES:-/var/lib/fedvla/certs/ca.crt}"
-  fi
-} >"$FLWR_HOME/config.toml"
+. /usr/local/bin/flwr-connection
 
 RUN_CONFIG="${FEDVLA_RUN_CONFIG_BASE:-} ${FEDVLA_RUN_CONFIG:-}"
 run_id=$(flwr run /opt/fedvla fedvla-compose --run-config "$RUN_CONFIG" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run-id"])')

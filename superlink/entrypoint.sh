@@ -9,6 +9,7 @@
 #   FEDVLA_SECRET_FILE    shared secret of SuperLink and ServerApp executor; generated if missing
 #   FEDVLA_CERTS_DIR      ca.crt, server.pem, server.key for TLS                           /var/lib/fedvla/certs
 #   FEDVLA_INSECURE       true: plain gRPC/HTTP without TLS (a workstation or a private network only)
+#   FEDVLA_SUPERNODE_AUTH true: only SuperNodes whose keys are registered (`flwr supernode register`) join  true
 set -eu
 FLEET_PORT=${FEDVLA_FLEET_PORT:-9092}
 API_PORT=${FEDVLA_API_PORT:-8000}
@@ -28,6 +29,11 @@ else
     fi
   done
   set -- --ssl-ca-certfile "$CERTS_DIR/ca.crt" --ssl-certfile "$CERTS_DIR/server.pem" --ssl-keyfile "$CERTS_DIR/server.key"
+  if [ "${FEDVLA_SUPERNODE_AUTH:-true}" = true ]; then
+    set -- "$@" --enable-supernode-auth
+  else
+    echo "superlink: WARNING: FEDVLA_SUPERNODE_AUTH=false: any SuperNode that trusts the CA may join" >&2
+  fi
 fi
 
 # The Runtime API shares the Control API's port in Flower 1.39; this secret is what lets only our ServerApp

@@ -18,10 +18,11 @@ set -- --superlink "$FEDVLA_SUPERLINK" --dataset-uri "$FEDVLA_DATASET" \
 [ -n "${FEDVLA_FPS:-}" ] && set -- "$@" --fps "$FEDVLA_FPS"
 [ -n "${FEDVLA_CAMERAS:-}" ] && set -- "$@" --cameras "$FEDVLA_CAMERAS"
 [ -n "${FEDVLA_CAMERA_MAP:-}" ] && set -- "$@" --camera-map "$FEDVLA_CAMERA_MAP"
-[ -n "${FEDVLA_AUTH_KEY:-}" ] && set -- "$@" --auth-private-key "$FEDVLA_AUTH_KEY"
 if [ "${FEDVLA_INSECURE:-false}" = true ]; then
+  # SuperNode authentication needs TLS: a key is of no use on a plain connection
   set -- "$@" --insecure
 else
+  [ -n "${FEDVLA_AUTH_KEY:-}" ] && set -- "$@" --auth-private-key "$FEDVLA_AUTH_KEY"
   set -- "$@" --root-certificates "${FEDVLA_ROOT_CERTIFICATES:-/var/lib/fedvla/certs/ca.crt}"
 fi
 exec fedvla node "$@"

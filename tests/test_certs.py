@@ -60,3 +60,29 @@ def test_node_keys_are_openssh_ecdsa_p384_as_flower_loads_them(tmp_path):
 def test_a_node_key_name_is_a_plain_name(tmp_path):
     with pytest.raises(ConfigError, match="plain name"):
         ensure_node_key(tmp_path, "../operator_0")
+
+
+def test_a_strict_tls_client_accepts_the_server_certificate(tmp_path):
+    """What Python 3.13 (the images) checks by default, and what gRPC's handshake amounts to: a TLS handshake in
+    memory between the certificate's server and a client that trusts only ca.crt."""
+    import ssl
+
+    files = ensure_tls(tmp_path, ["superlink"])
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(files.server_cert, files.server_key)
+    client_ctx = ssl.create_default_context(cafile=files.ca_cert)
+    client_ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    pipes = [ssl.MemoryBIO() for _ in range(4)]  # client in/out, server in/out
+    client = client_ctx.wrap_bio(pipes[0], pipes[1], server_hostname="superlink")
+    server = server_ctx.wrap_bio(pipes[2], pipes[3], server_side=True)
+    done = set()
+    for _ in range(10):
+        for name, side in (("client", client), ("server", server)):
+            try:
+                side.do_handshake()
+                done.add(name)
+            except ssl.SSLWantReadError:
+                pass
+        pipes[2].write(pipes[1].read())
+        pipes[0].write(pipes[3].read())
+    assert done == {"client", "server"}

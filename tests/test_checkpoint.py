@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -88,3 +89,33 @@ def test_a_corrupt_checkpoint_gives_way_to_the_newest_earlier_one_that_verifies(
     (tmp_path / "checkpoint_round_1" / "config.json").unlink()
     with pytest.raises(checkpoint.CheckpointError, match="no earlier checkpoint beside it verifies"):
         checkpoint.usable_checkpoint(tmp_path / "checkpoint_round_3")
+
+
+def _interrupt_between_renames(target):
+    """What a save replacing `target` leaves when killed between its two renames: the old version aside, no target."""
+    os.replace(target, target.with_name(f".{target.name}-retired"))
+
+
+def test_a_replacement_killed_between_its_renames_loses_nothing(tmp_path):
+    for n in (1, 2):
+        _sealed(tmp_path / f"checkpoint_round_{n}", content=f"round {n}")
+    _interrupt_between_renames(tmp_path / "checkpoint_round_2")
+    assert checkpoint.usable_checkpoint(tmp_path / "checkpoint_round_2") == tmp_path / "checkpoint_round_2"
+    assert (tmp_path / "checkpoint_round_2" / "model.safetensors").read_text() == "round 2"
+    assert not (tmp_path / ".checkpoint_round_2-retired").exists()
+
+
+def test_the_save_after_an_interrupted_replacement_keeps_the_old_version_until_the_new_one_is_in(tmp_path):
+    target = tmp_path / "checkpoint_round_1"
+    checkpoint.write_directory_atomic(target, lambda d: (d / "model.safetensors").write_text("old"))
+    _interrupt_between_renames(target)
+
+    def crash(directory):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.write_directory_atomic(target, crash)
+    assert (target / "model.safetensors").read_text() == "old"
+    checkpoint.write_directory_atomic(target, lambda d: (d / "model.safetensors").write_text("new"))
+    assert (target / "model.safetensors").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint_round_1"]

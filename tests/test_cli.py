@@ -60,6 +60,8 @@ def test_standalone_training_end_to_end(tmp_path):
     for name in ("train.log", "metrics.json", "loss_chart.png", "models/final/model.safetensors",
                  "models/final/policy_preprocessor.json", "models/final/README.md"):
         assert (run_dir / name).is_file(), name
+    for name in ("README.md", "metrics.json"):  # what a push publishes names no path of this machine
+        assert str(tmp_path) not in (run_dir / "models" / "final" / name).read_text(), name
 
 
 def test_node_check_with_a_camera_map(tmp_path):

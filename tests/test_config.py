@@ -10,6 +10,7 @@ def test_defaults_are_production_hub_ids():
     assert config.server_eval_dataset.startswith("hf:lerobot/")
     assert config.checkpoint_interval == 10
     assert config.proximal_mu == 0.01
+    assert config.hf_private is True, "a Hub push is private unless the run says otherwise"
 
 
 def test_embedded_overrides_are_valid():
@@ -30,14 +31,52 @@ def test_embedded_overrides_are_valid():
         ("fraction-train", 1.5),
         ("checkpoint-interval", 0),
         ("use-wandb", "maybe"),
+        ("hf-private", "yes"),
         ("hf-repo-id", "no-slash"),
         ("device", "tpu"),
         ("batch-size", True),
+        ("aggregation", "fedavgg"),
+        ("trim-beta", 0.5),
+        ("num-malicious-nodes", -1),
+        ("max-update-mb", -1),
     ],
 )
 def test_bad_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=key):
         RunConfig.from_mapping({key: value})
+
+
+def test_an_unknown_aggregation_names_the_choices():
+    with pytest.raises(ConfigError, match="aggregation must be one of fedprox, fedtrimmedavg, fedmedian, krum, "
+                                          "multikrum, bulyan, got 'mean'"):
+        RunConfig.from_mapping({"aggregation": "mean"})
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "settings", "needed"),
+    [
+        ("fedprox", {}, 1),
+        ("fedmedian", {}, 3),
+        ("fedtrimmedavg", {"trim-beta": 0.25}, 4),  # Flower cuts int(0.25 * 4) = 1 update from each end
+        ("fedtrimmedavg", {}, 5),  # int(0.2 * 4) = 0: four updates are not enough with Flower's default beta
+        ("krum", {}, 5),
+        ("multikrum", {"num-malicious-nodes": 2}, 7),
+        ("bulyan", {}, 7),
+        ("bulyan", {"num-malicious-nodes": 0}, 3),
+    ],
+)
+def test_robust_aggregations_need_enough_nodes_to_outvote_the_malicious_ones(aggregation, settings, needed):
+    enough = {"aggregation": aggregation, **settings, "min-train-nodes": needed, "min-available-nodes": needed}
+    assert RunConfig.from_mapping(enough).updates_needed == needed
+    if needed > 1:
+        with pytest.raises(ConfigError, match=f"aggregation={aggregation} withstands .* at least {needed} updates a "
+                                              f"round .* but min-train-nodes={needed - 1}: raise min-train-nodes"):
+            RunConfig.from_mapping({**enough, "min-train-nodes": needed - 1})
+
+
+def test_a_trimmed_mean_that_trims_nothing_is_refused():
+    with pytest.raises(ConfigError, match="trim-beta=0 trims nothing"):
+        RunConfig.from_mapping({"aggregation": "fedtrimmedavg", "trim-beta": 0.0})
 
 
 def test_unknown_key_is_rejected_with_the_known_ones():

@@ -87,3 +87,9 @@ def test_servers_learn_a_local_dataset_by_its_directory_name_only():
     assert data.public_name("/home/alice/robot/so100_kitchen") == "local:so100_kitchen"
     assert data.public_name("hf:lerobot/svla_so100_pickplace") == "hf:lerobot/svla_so100_pickplace"
     assert data.public_name("embedded:operator-1") == "embedded:operator-1"
+
+
+def test_a_public_dataset_name_stays_as_it_is():
+    """The server names whatever a node reports through public_name: a name made public already must survive."""
+    for name in ("local:so100_kitchen", "hf:lerobot/svla_so100_pickplace", "embedded:operator-1", ""):
+        assert data.public_name(name) == name

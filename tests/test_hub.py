@@ -52,6 +52,7 @@ def test_push_command_uploads_with_the_token_and_never_logs_it(checkpoint_dir, t
         log_file.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stderr[-2000:]
     assert hub.files["me/smolvla-fl"]["model.safetensors"] == b"weights"
+    assert hub.created["me/smolvla-fl"]["visibility"] == "private", "a push publishes nothing unless asked to"
     assert set(hub.files["me/smolvla-fl"]) == {"model.safetensors", "config.json", "README.md"}
     assert all(auth == f"Bearer {TOKEN}" for _, _, auth in hub.requests)
     assert TOKEN not in log_file.read_text()
@@ -64,3 +65,23 @@ def test_push_command_takes_the_repo_from_the_run(checkpoint_dir):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "pass --repo-id" in result.stderr
+
+
+@pytest.mark.parametrize(("flags", "run_config", "private"), [
+    ([], None, True),
+    (["--public"], None, False),
+    ([], {"hf-repo-id": "me/m", "hf-private": False}, False),
+    (["--private"], {"hf-repo-id": "me/m", "hf-private": False}, True),
+    ([], {"hf-repo-id": "me/m"}, True),
+])
+def test_push_command_publishes_only_when_told(checkpoint_dir, monkeypatch, flags, run_config, private):
+    import json
+
+    from app import cli
+
+    if run_config is not None:
+        (checkpoint_dir.parent.parent / "run_config.json").write_text(json.dumps({"run-config": run_config}))
+    pushed = []
+    monkeypatch.setattr("app.hub.push_checkpoint", lambda directory, repo_id, private: pushed.append(private) or "url")
+    assert cli.main(["push", str(checkpoint_dir), "--repo-id", "me/m", *flags]) == 0
+    assert pushed == [private]

@@ -63,3 +63,12 @@ def test_a_federation_can_use_a_subset_of_the_model_cameras():
     assert sum(t.numel() for t in model.trainable_state(policy).values()) > 0
     with pytest.raises(ModelError, match="has no camera 'camera1'; it has \\['front', 'wrist'\\]"):
         model.load_config("embedded:tiny", "cpu", ("observation.images.camera1",))
+
+
+def test_a_model_is_named_beyond_this_machine_without_its_path(tmp_path):
+    checkpoint = tmp_path / "outputs" / "2026-01-01_00-00-00" / "models" / "checkpoint_round_30"
+    checkpoint.mkdir(parents=True)
+    assert model.public_model_name(str(checkpoint)) == "local:checkpoint_round_30"
+    assert model.public_model_name("/home/alice/models/my_base") == "local:my_base"
+    assert model.public_model_name("lerobot/smolvla_base") == "lerobot/smolvla_base"
+    assert model.public_model_name("embedded:tiny") == "embedded:tiny"

@@ -5,10 +5,12 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from app.config import RunConfig
-from app.strategy import FedVLA, reply_problem
+from app.config import AGGREGATIONS, RunConfig
+from app.strategy import ExpectedUpdate, FedVLA, aggregator, reply_problem
 
 KEYS = {"w", "b"}
+GLOBAL = ArrayRecord({k: Array(np.zeros((2,), dtype=np.float32)) for k in sorted(KEYS)})
+EXPECTED = ExpectedUpdate.like(GLOBAL)
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +39,7 @@ def train_reply(node_id: int, value: float, examples: int, name: str = "", keys=
 def strategy(**run_overrides) -> tuple[FedVLA, list]:
     seen = []
     run = RunConfig.from_mapping({"num-server-rounds": 4, **run_overrides})
-    s = FedVLA(run, "abc123", {"action/mean": [0.0]}, KEYS, lambda kind, rnd, reports: seen.append((kind, rnd, reports)))
+    s = FedVLA(run, "abc123", {"action/mean": [0.0]}, GLOBAL, lambda kind, rnd, reps: seen.append((kind, rnd, reps)))
     return s, seen
 
 
@@ -49,21 +51,60 @@ def test_aggregation_is_weighted_by_samples():
     assert [r.name for r in seen[0][2]] == ["n1", "n2"]
 
 
+def with_w(array: Array) -> Message:
+    reply = train_reply(3, 1.0, 10)
+    reply.content["arrays"]["w"] = array
+    return reply
+
+
+def declared_as_w(data: bytes, stype: str = "numpy.ndarray") -> Array:
+    """An array whose metadata says it is the model's float32[2], whatever its bytes hold."""
+    return Array("float32", (2,), stype, data)
+
+
+def with_metric(reply: Message, key: str, value) -> Message:
+    reply.content["metrics"][key] = value
+    return reply
+
+
 @pytest.mark.parametrize(
     ("bad", "why"),
     [
-        (train_reply(3, float("nan"), 10), "NaN or inf"),
-        (train_reply(3, 1.0, 0), "no positive num-examples"),
-        (train_reply(3, 1.0, 10, keys={"w"}), "do not match"),
+        (train_reply(3, float("nan"), 10), "array 'b' holds NaN or inf"),
+        (train_reply(3, 1.0, 0), "no positive, finite num-examples (got 0)"),
+        (with_metric(train_reply(3, 1.0, 10), "num-examples", float("inf")), "no positive, finite num-examples"),
+        (with_metric(train_reply(3, 1.0, 10), "num-examples", float("nan")), "no positive, finite num-examples"),
+        (train_reply(3, 1.0, 10, keys={"w"}), "do not match the model's trainable parameters: unexpected [], missing"),
+        (train_reply(3, 1.0, 10, keys={"w", "b", "backdoor"}), "unexpected ['backdoor'], missing []"),
+        (with_w(Array(np.ones((3,), np.float32))), "array 'w' is float32[3], the model's float32[2]"),
+        (with_w(Array(np.ones((2,), np.float64))), "array 'w' is float64[2], the model's float32[2]"),
+        (with_w(declared_as_w(Array(np.ones((2, 50), np.float32)).data)), "'w' holds float32[2, 50], the model's"),
+        (with_w(declared_as_w(b"not numpy")), "array 'w' cannot be decoded"),
+        (with_w(declared_as_w(Array(np.ones(2, np.float32)).data, stype="torch.Tensor")), "'w' cannot be decoded"),
         (Message(error=Error(code=0, reason="dataset broke"), metadata=_from_node(3)), "dataset broke"),
     ],
 )
 def test_bad_replies_are_dropped_not_averaged(bad, why):
     s, _ = strategy()
-    assert why in reply_problem(bad, KEYS)
+    assert why in reply_problem(bad, EXPECTED)
     arrays, _ = s.aggregate_train(1, [train_reply(1, 1.0, 10), bad])
     np.testing.assert_allclose(arrays["w"].numpy(), [1.0, 1.0])
     assert why in s.dropped[1][0]
+
+
+def test_a_reply_with_an_extra_metric_record_is_dropped_not_left_to_flower_to_raise_on():
+    bad = train_reply(3, 1.0, 10)
+    bad.content["more-metrics"] = MetricRecord({"x": 1.0})
+    assert reply_problem(bad, EXPECTED) == "reply must carry exactly one MetricRecord"
+
+
+def test_an_update_above_max_update_mb_is_dropped_before_it_is_decoded(monkeypatch):
+    s, _ = strategy(**{"max-update-mb": 0.001})  # 1000 bytes; an honest reply here is 2 x 137
+    assert reply_problem(train_reply(1, 1.0, 10), s.expected) is None
+    big = with_w(Array(np.ones((1000,), np.float32)))
+    monkeypatch.setattr(Array, "numpy", lambda self: pytest.fail("decoded an oversized update"))
+    assert reply_problem(big, s.expected) == "update is 0.00427 MB, above max-update-mb=0.001"
+    assert reply_problem(big, ExpectedUpdate.like(GLOBAL, max_mb=0)) != reply_problem(big, s.expected)  # 0: no cap
 
 
 def test_a_round_with_only_bad_replies_aggregates_nothing():
@@ -152,3 +193,63 @@ def test_the_final_model_is_evaluated_by_the_nodes_still_connected():
     assert msg.metadata.dst_node_id == 2 and msg.metadata.message_type == "evaluate"
     assert msg.content["config"]["server-round"] == 4 and msg.content["config"]["final"]
     assert msg.content["config"]["base-fingerprint"] == "abc123" and "norm-stats" in msg.content
+
+
+HONEST = (1.0, 1.1, 1.2, 1.3, 1.4, 1.5)
+
+
+def poisoned_round(**run_overrides):
+    """Six honest updates and one 20x too large with the sign flipped, aggregated as `run_overrides` say."""
+    s, _ = strategy(**{"min-train-nodes": 7, "min-available-nodes": 7, **run_overrides})
+    replies = [train_reply(n, value, 10) for n, value in enumerate(HONEST, start=1)] + [train_reply(7, -20.0, 10)]
+    return s.aggregate_train(1, replies)
+
+
+def test_plain_averaging_follows_a_poisoned_update():
+    arrays, _ = poisoned_round()
+    assert arrays["w"].numpy()[0] == pytest.approx((sum(HONEST) - 20) / 7)
+
+
+@pytest.mark.parametrize("aggregation", [a for a in AGGREGATIONS if a != "fedprox"])
+def test_robust_aggregations_keep_the_poisoned_update_out(aggregation):
+    arrays, metrics = poisoned_round(aggregation=aggregation)
+    assert min(HONEST) <= arrays["w"].numpy()[0] <= max(HONEST)
+    assert metrics["train-loss"] == pytest.approx((sum(HONEST) - 20) / 7)  # every usable node's training loss
+
+
+def test_the_aggregation_is_flowers():
+    from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
+
+    def built(aggregation, **more):
+        return aggregator(RunConfig.from_mapping({"aggregation": aggregation, "min-train-nodes": 7,
+                                                  "min-available-nodes": 7, **more}))
+
+    assert type(built("fedprox")) is FedAvg  # FedProx's server side
+    assert isinstance(built("fedtrimmedavg", **{"trim-beta": 0.3}), FedTrimmedAvg)
+    assert built("fedtrimmedavg", **{"trim-beta": 0.3}).beta == 0.3
+    assert isinstance(built("fedmedian"), FedMedian)
+    assert isinstance(built("krum"), Krum) and built("krum").num_malicious_nodes == 1
+    assert built("multikrum").num_nodes_to_select == 6  # n - f
+    assert isinstance(built("bulyan", **{"num-malicious-nodes": 1}), Bulyan)
+    arrays, _ = poisoned_round(aggregation="fedmedian")
+    np.testing.assert_allclose(arrays["w"].numpy(), np.median([*HONEST, -20.0]))
+
+
+def test_robust_aggregation_still_sends_proximal_mu():
+    s, _ = strategy(aggregation="fedmedian", **{"min-train-nodes": 3, "min-available-nodes": 3, "proximal-mu": 0.1})
+    (msg, *_) = s.configure_train(1, GLOBAL, ConfigRecord(), ChangingGrid([1, 2, 3]))
+    assert msg.content["config"]["proximal-mu"] == pytest.approx(0.1)
+
+
+def test_a_round_with_fewer_updates_than_the_aggregation_needs_aggregates_nothing():
+    s, _ = strategy(aggregation="bulyan", **{"min-train-nodes": 7, "min-available-nodes": 7})
+    assert s.replies_needed == 7
+    assert s.aggregate_train(1, [train_reply(n, 1.0, 10) for n in range(1, 7)]) == (None, None)
+
+
+def test_a_dataset_reported_as_a_local_path_is_kept_by_its_directory_name_only():
+    from app.strategy import node_report
+
+    reply = train_reply(5, 1.0, 10)
+    reply.content["node"]["dataset"] = "/home/alice/robot/so100_kitchen"
+    assert node_report(reply).dataset == "local:so100_kitchen"

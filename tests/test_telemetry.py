@@ -28,3 +28,30 @@ def test_secret_values_and_fields_never_reach_the_log(tmp_path, monkeypatch, cap
 def test_token_shaped_strings_are_masked_even_when_not_in_env(monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     assert redact_text("token hf_abcdefghijklmnopqrstuvwxyz123 here") == "token *** here"
+
+
+def test_values_of_any_token_key_or_secret_variable_are_masked_in_every_event_field(monkeypatch):
+    from app.telemetry import redact_secrets
+
+    monkeypatch.setenv("WANDB_API_KEY", "wandb-0123456789abcdef")
+    monkeypatch.setenv("ACME_REGISTRY_TOKEN", "acme-tok-31337")
+    monkeypatch.setenv("FEDVLA_S3_SECRET", "s3-secret-value")
+    monkeypatch.setenv("FEDVLA_FLAG_KEY", "short")  # under 8 characters: masking it would garble every log
+    monkeypatch.setenv("FEDVLA_NOTE", "not-a-secret-value")  # a name that does not look secret
+    event = {
+        "event": "upload failed: acme-tok-31337 rejected",
+        "detail": ["wandb-0123456789abcdef", {"url": "s3://bucket?sig=s3-secret-value"}],
+        "hint": "short and not-a-secret-value stay",
+    }
+    redacted = redact_secrets(None, "info", event)
+    assert redacted == {
+        "event": "upload failed: *** rejected",
+        "detail": ["***", {"url": "s3://bucket?sig=***"}],
+        "hint": "short and not-a-secret-value stay",
+    }
+
+
+def test_a_private_key_block_is_masked_whole():
+    pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBx2c2VjcmV0\n-----END EC PRIVATE KEY-----"
+    assert redact_text(f"loaded key {pem} from disk") == "loaded key *** from disk"
+    assert redact_text(f"truncated {pem[:40]}") == "truncated ***"

@@ -23,7 +23,7 @@ def test_proximal_term_is_squared_distance_to_reference():
 def _train_tiny(tiny_config, operator0, steps, **overrides):
     policy = model.build_policy("embedded:tiny", tiny_config)
     pre, _ = model.build_processors(tiny_config, operator0.meta.stats)
-    settings = TrainSettings(steps=steps, batch_size=8, lr=1e-3, warmup_steps=10, seed=0, **overrides)
+    settings = TrainSettings(**{"steps": steps, "batch_size": 8, "lr": 1e-3, "warmup_steps": 10, "seed": 0, **overrides})
     before = evaluate(policy, pre, operator0.heldout).loss
     result = train(policy, pre, operator0.train, settings, reference=model.trainable_state(policy))
     return policy, before, result, evaluate(policy, pre, operator0.heldout).loss
@@ -59,3 +59,8 @@ def test_evaluation_is_reproducible_and_leaves_the_rng_alone(tiny_policy, tiny_c
     first = evaluate(tiny_policy, pre, operator0.heldout)
     assert torch.rand(1) == expected_next
     assert evaluate(tiny_policy, pre, operator0.heldout) == first
+
+
+def test_training_that_diverges_stops_with_a_message_naming_the_learning_rate(tiny_config, operator0):
+    with pytest.raises(FloatingPointError, match=r"training diverged: .* with lr=1e\+12; lower lr"):
+        _train_tiny(tiny_config, operator0, steps=30, lr=1e12, warmup_steps=0, grad_clip_norm=1e30)

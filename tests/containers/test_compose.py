@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -200,3 +202,44 @@ def test_a_node_whose_dataset_does_not_fit_exits_before_joining(federation, tmp_
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "no camera 'observation.images.wrist'" in result.stderr
     assert "Traceback" not in result.stderr and "supernode_start" not in result.stderr
+
+
+def test_nodes_see_the_ca_certificate_but_not_its_key(federation):
+    listing = federation.compose("exec", "-T", "supernode-0", "ls", "/var/lib/fedvla/certs").stdout.split()
+    assert listing == ["ca.crt"]
+
+
+def test_the_apis_speak_only_tls_with_the_federations_ca(federation, tmp_path):
+    federation.compose("cp", "superlink:/var/lib/fedvla/certs/ca.crt", str(tmp_path / "ca.crt"))
+    api = f"127.0.0.1:{federation.env['FEDVLA_API_PORT']}"
+    context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    with urllib.request.urlopen(f"https://{api}/health", timeout=10, context=context) as response:
+        assert response.status == 200
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{api}/health", timeout=10)
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):  # trusting only the system's CAs
+        urllib.request.urlopen(f"https://{api}/health", timeout=10)
+
+
+def test_a_node_with_an_unregistered_key_is_refused(federation):
+    stranger = ("fedvla keys --name stranger --out /tmp/keys"
+                " && FEDVLA_AUTH_KEY=/tmp/keys/stranger.key FEDVLA_NODE_NAME=stranger exec supernode-entrypoint")
+    result = federation.compose("run", "--rm", "--no-deps", "supernode-0", "sh", "-c", stranger, check=False,
+                                timeout=600)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "does not know this node's key (/tmp/keys/stranger.key)" in result.stderr
+
+
+def test_no_private_key_reaches_a_log_or_an_image(federation):
+    keys = {path: federation.compose("exec", "-T", service, "cat", path).stdout.strip()
+            for service, path in (("supernode-0", "/var/lib/fedvla/keys/operator_0.key"),
+                                  ("superlink", "/var/lib/fedvla/certs/server.key"))}
+    assert all("PRIVATE KEY" in key for key in keys.values())
+    logs = federation.compose("logs", "--no-color").stdout
+    for path, key in keys.items():
+        body = key.splitlines()[1]  # a line of the key itself
+        assert body not in logs, path
+        found = subprocess.run(["docker", "run", "--rm", "--user", "0", "--entrypoint", "grep", "fedvla-app:dev",
+                                "-rlsF", body, "/opt", "/etc", "/home", "/usr/local"], capture_output=True, text=True,
+                               timeout=600)
+        assert found.returncode == 1, (path, found.stdout)

@@ -13,6 +13,7 @@ class FakeHub:
     def __init__(self):
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
         self.repos: set[str] = set()
+        self.created: dict[str, dict] = {}  # repo -> the create request (name, visibility, ...)
         self.files: dict[str, dict[str, bytes]] = {}
         hub = self
 
@@ -43,6 +44,7 @@ class FakeHub:
                     request = json.loads(body)
                     repo = f"{request.get('organization') or 'user'}/{request['name']}"
                     hub.repos.add(repo)
+                    hub.created[repo] = request
                     return self._reply(200, {"url": f"http://{self.headers['Host']}/{repo}", "name": repo})
                 if parts[:2] == ["api", "validate-yaml"]:  # model card front matter check
                     return self._reply(200, {})

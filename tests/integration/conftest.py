@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +73,46 @@ def python() -> str:
 def run_cli(*args: str, timeout: int = 1200, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, **kwargs)
+
+
+def local_simulation(home: Path, num_supernodes: int) -> dict[str, str]:
+    """A private FLWR_HOME with a local-simulation connection of `num_supernodes` virtual SuperNodes: the
+    environment for `flwr_run`. Stop the SuperLink it starts with `stop_local_superlink(home)`."""
+    from app.launch import free_port
+
+    home.mkdir(parents=True)
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local-simulation"\n\n[superlink.local-simulation]\n'
+        f'address = ":local:"\noptions.num-supernodes = {num_supernodes}\n'
+    )
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(home),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # offline: the app's dependencies are installed
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "WANDB_MODE": "offline",  # use-wandb runs write their W&B run to disk
+        "WANDB_SILENT": "true",
+    })
+    return env
+
+
+def stop_local_superlink(home: Path) -> None:
+    """Stops the background SuperLink (and its simulation) that `flwr run` started for this FLWR_HOME."""
+    pids = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            os.killpg(int(pid), signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            os.kill(int(pid), signal.SIGTERM)
+
+
+def flwr_run(env: dict[str, str], run_config: dict, app: Path = REPO) -> subprocess.CompletedProcess:
+    """`flwr run <app> local-simulation --stream` with `run_config`."""
+    from app.launch import config_arg
+
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "flwr"), "run", str(app), "local-simulation", "--stream",
+         "--run-config", config_arg(run_config)],
+        capture_output=True, text=True, env=env, timeout=1200,
+    )

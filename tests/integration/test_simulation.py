@@ -1,54 +1,20 @@
 """(a) Flower's simulation engine: `flwr run . local-simulation` with virtual SuperNodes, one per embedded operator."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from app.config import EMBEDDED_OVERRIDES
-from app.launch import config_arg, free_port
-from tests.integration.conftest import REPO, assert_run_outputs, server_eval
+from tests.integration.conftest import assert_run_outputs, flwr_run, local_simulation, server_eval, stop_local_superlink
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def flwr_env(tmp_path):
-    """A private FLWR_HOME with a local-simulation connection; stops the background SuperLink flwr starts."""
     home = tmp_path / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "local-simulation"\n\n[superlink.local-simulation]\n'
-        'address = ":local:"\noptions.num-supernodes = 2\n'
-    )
-    env = dict(os.environ)
-    env.update({
-        "FLWR_HOME": str(home),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",  # offline: the app's dependencies are installed
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "WANDB_MODE": "offline",  # use-wandb runs write their W&B run to disk
-        "WANDB_SILENT": "true",
-    })
-    yield env
-    pids = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.split()
-    for pid in pids:
-        try:
-            os.killpg(int(pid), signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            os.kill(int(pid), signal.SIGTERM)
-
-
-def flwr_run(env, run_config: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "flwr"), "run", str(REPO), "local-simulation", "--stream",
-         "--run-config", config_arg(run_config)],
-        capture_output=True, text=True, env=env, timeout=1200,
-    )
+    yield local_simulation(home, num_supernodes=2)
+    stop_local_superlink(home)
 
 
 SIM_RUN = {**EMBEDDED_OVERRIDES, "num-server-rounds": 2, "local-steps": 20}

@@ -1,0 +1,99 @@
+"""A run that survives its coordinator, with real processes: TLS and SuperNode authentication on, the ServerApp is
+SIGKILLed in round 2, then the whole SuperLink (with its ServerApp) in round 3. Each time the run is submitted again
+with the same run-config, as `docker compose`'s `submit` service does, and carries on from its last completed round
+in the same outputs directory; the SuperNodes reconnect to the restarted SuperLink by themselves. No completed round
+is lost or repeated."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from app import embedded
+from app.checkpoint import verify_checkpoint
+from app.config import EMBEDDED_OVERRIDES, RunConfig
+from app.demo import APP_DIR, find_run_dir
+from app.launch import Deployment
+from tests.integration.conftest import NODES
+
+pytestmark = pytest.mark.integration
+ROUNDS = 4
+
+
+def serverapp_processes(deployment: Deployment) -> list[psutil.Process]:
+    superlink = psutil.Process(deployment.processes["superlink"].pid)
+    return [p for p in superlink.children(recursive=True) if "serverapp" in " ".join(p.cmdline())]
+
+
+def wait_until_round_starts(deployment: Deployment, run_dir_log, server_round: int) -> None:
+    """Until the run's ServerApp has started `server_round`, and trained in it a moment."""
+    deadline = time.monotonic() + 600
+    while not any('"round_start"' in line and f'"round": {server_round},' in line for line in run_dir_log()):
+        deployment.check_alive()
+        assert time.monotonic() < deadline, f"round {server_round} never started"
+        time.sleep(0.5)
+    time.sleep(3)
+
+
+@pytest.fixture(scope="module")
+def crashed_run(tmp_path_factory):
+    embedded.ensure_base_model()
+    embedded.ensure_server_eval_dataset()
+    out = tmp_path_factory.mktemp("outputs")
+    run_config = {**EMBEDDED_OVERRIDES, "num-server-rounds": ROUNDS, "local-steps": 10, "output-dir": str(out)}
+    with Deployment(tmp_path_factory.mktemp("deployment"), auth=True) as deployment:
+        deployment.start_superlink(cwd=APP_DIR)
+        for i, name in enumerate(NODES):
+            deployment.start_supernode(name, str(embedded.ensure_operator_dataset(i)), "embedded:tiny", threads=1,
+                                       camera_map=RunConfig().camera_map)
+        first = deployment.submit(APP_DIR, run_config)
+
+        def log_lines() -> list[str]:
+            try:
+                return (find_run_dir(out, first) / "server" / "server.log").read_text().splitlines()
+            except FileNotFoundError:
+                return []
+
+        wait_until_round_starts(deployment, log_lines, 2)
+        for process in serverapp_processes(deployment):  # the ServerApp dies; the SuperLink lives on
+            process.kill()
+        deployment.flwr("stop", str(first), "fedvla-local", timeout=60)  # as an operator would, if it still shows
+        second = deployment.submit(APP_DIR, run_config)
+        run_dir = find_run_dir(out, first)
+        wait_until_round_starts(deployment, log_lines, 3)
+        os.killpg(deployment.processes["superlink"].pid, signal.SIGKILL)  # the SuperLink and its ServerApp
+        deployment.processes["superlink"].wait()
+        deployment.start_superlink(cwd=APP_DIR)  # the same state database, certificates and registered keys
+        third = deployment.submit(APP_DIR, run_config)
+        status = deployment.wait(third, ended=lambda: '"run_done"' in (run_dir / "server" / "server.log").read_text())
+    return status, run_dir, (first, second, third)
+
+
+def test_the_run_carries_on_without_losing_or_repeating_a_round(crashed_run, ledger):
+    status, run_dir, run_ids = crashed_run
+    summary = json.loads((run_dir / "server" / "federated_metrics.json").read_text())
+    done = [json.loads(line)["round"] for line in (run_dir / "server" / "server.log").read_text().splitlines()
+            if '"round_done"' in line]
+    recorded = [r["round"] for r in summary["rounds"]]
+    ledger.book("ServerApp and SuperLink SIGKILLed mid-round", faults=2,
+                runs_completed=int(status == "finished:completed"),
+                rounds_lost=len(set(range(1, ROUNDS + 1)) - set(done)), corrupt_loaded=0)
+    assert status == "finished:completed"
+    assert recorded == list(range(1, ROUNDS + 1))
+    assert sorted(done) == list(range(1, ROUNDS + 1)), "each round completed exactly once"
+    assert json.loads((run_dir / "run_config.json").read_text())["continued-by"] == list(run_ids[1:])
+
+
+def test_the_carried_on_run_has_its_whole_history_and_a_sound_final_checkpoint(crashed_run):
+    _, run_dir, _ = crashed_run
+    history = json.loads((run_dir / "server" / "eval_policy_loss_history.json").read_text())
+    assert sorted(history["server"], key=int) == [str(r) for r in range(ROUNDS + 1)]
+    rounds = json.loads((run_dir / "server" / "federated_metrics.json").read_text())["rounds"]
+    assert all(r["client-eval-loss"] is not None for r in rounds), "the interrupted rounds' node evaluation too"
+    verify_checkpoint(run_dir / "models" / f"checkpoint_round_{ROUNDS}")
+    assert (run_dir / "server" / "state" / "finished.json").exists()

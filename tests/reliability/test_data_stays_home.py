@@ -1,0 +1,103 @@
+"""Data stays home: in a real federated run, every reply a node sends holds only the trainable parameters, scalar
+metrics, the node's public name and (once, before round 1) its state/action normalization stats. No frame, no
+image, no episode and no path of the operator's machine leaves it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.common.serde import ProtoRecordDict, recorddict_from_proto
+
+from app import embedded
+from app import model as models
+from app.config import EMBEDDED_OVERRIDES, fedvla_home
+from app.node import NORMALIZED_KEYS, STAT_FIELDS
+from tests.integration.conftest import REPO, flwr_run, local_simulation, stop_local_superlink
+
+pytestmark = pytest.mark.integration
+
+RECORDER = Path(__file__).with_name("recording_client_app.py")
+# What a node may say about itself, in every reply (ConfigRecord "node"): the name the operator chose for it
+# (reports are per node) and its dataset's public name (Hub id, embedded name or local:<directory name>), which
+# tells the coordinator whose data a model learned from without revealing where it lies on the operator's disk.
+NODE_KEYS = {"node-name", "dataset"}
+# The stats reply (ConfigRecord "norm-stats"): per-dimension mean/std/min/max and the frame count of state and
+# action, which the server merges into one normalization for the federation (lerobot#1763). Summaries of at most
+# one value per joint, never frames.
+STATS_KEYS = {f"{key}/{field}" for key in NORMALIZED_KEYS for field in STAT_FIELDS}
+
+
+def recording_app(directory: Path) -> Path:
+    """This project as a Flower App whose ClientApp is tests/reliability/recording_client_app.py."""
+    directory.mkdir()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    component = 'clientapp = "app.client_app:app"'
+    assert pyproject.count(component) == 1, "pyproject.toml names the ClientApp otherwise: update this test"
+    (directory / "pyproject.toml").write_text(pyproject.replace(component, 'clientapp = "recording_client_app:app"'))
+    shutil.copy(RECORDER, directory / RECORDER.name)
+    return directory
+
+
+def problems(kind: str, name: str, record, trainable: dict, joints: int) -> list[str]:
+    """What in one record of a `kind` reply should not have left the node (`joints`: the widest of state and
+    action)."""
+    where = f"{kind} reply, record {name!r}"
+    if isinstance(record, ArrayRecord):
+        if kind != "train" or name != "arrays":
+            return [f"{where}: arrays in a reply that carries none"]
+        if set(record) != set(trainable):
+            return [f"{where}: arrays {sorted(set(record) ^ set(trainable))[:5]} are not the trainable parameters"]
+        return [f"{where}: {key} has shape {record[key].shape}, the parameter {tuple(trainable[key].shape)}"
+                for key in record if tuple(record[key].shape) != tuple(trainable[key].shape)]
+    if isinstance(record, MetricRecord):
+        return [f"{where}: metric {key} is {type(value).__name__}, not a scalar" for key, value in record.items()
+                if isinstance(value, bool) or not isinstance(value, (int, float))]
+    if isinstance(record, ConfigRecord) and name == "node":
+        found = [f"{where}: keys {sorted(record)}"] if set(record) != NODE_KEYS else []
+        return found + [f"{where}: {key}={record[key]!r} names a local path" for key in NODE_KEYS & set(record)
+                        if isinstance(record[key], str) and record[key].startswith(("/", "~", "."))]
+    if isinstance(record, ConfigRecord) and name == "norm-stats" and kind == "query":
+        found = [f"{where}: keys {sorted(record)}"] if set(record) != STATS_KEYS else []
+        return found + [f"{where}: {key} holds {len(value)} values" for key, value in record.items()
+                        if not isinstance(value, list) or len(value) > joints]
+    return [f"{where}: a {type(record).__name__} that no reply should carry"]
+
+
+def test_a_node_sends_only_weights_scalar_metrics_stats_and_its_public_name(tmp_path, tiny_config, tiny_policy,
+                                                                            ledger):
+    replies_dir, home = tmp_path / "replies", tmp_path / "flwr-home"
+    replies_dir.mkdir()
+    dataset = embedded.ensure_operator_dataset(0)  # a local directory, as an operator's recordings are
+    env = local_simulation(home, num_supernodes=2)
+    env["FEDVLA_RECORDED_REPLIES"] = str(replies_dir)
+    run_config = {**EMBEDDED_OVERRIDES, "partition-dataset": str(dataset), "num-server-rounds": 1,
+                  "local-steps": 5, "output-dir": str(tmp_path / "outputs")}
+    try:
+        result = flwr_run(env, run_config, app=recording_app(tmp_path / "app"))
+    finally:
+        stop_local_superlink(home)
+
+    trainable = models.trainable_state(tiny_policy)
+    schema = models.policy_schema(tiny_config, None)
+    joints = max(schema.state_dim, schema.action_dim)
+    found, kinds = [], []
+    for path in sorted(replies_dir.iterdir()):
+        kind = path.name.split("-")[0]
+        kinds.append(kind)
+        wire = path.read_bytes()
+        # Whatever the structure, no path of this machine is in the bytes that went out.
+        found += [f"{kind} reply names {place}" for place in (str(dataset), str(fedvla_home()), str(tmp_path))
+                  if place.encode() in wire]
+        content = recorddict_from_proto(ProtoRecordDict.FromString(wire))
+        for name, record in content.items():
+            found += problems(kind, name, record, trainable, joints)
+    ledger.book("what leaves a node: every reply of a run checked", runs_completed=int(result.returncode == 0),
+                secrets_found=len(found))
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert found == []
+    # Both nodes answered every kind of message: stats before round 1, a train and a final evaluate message.
+    assert sorted(kinds) == ["evaluate"] * 2 + ["query"] * 2 + ["train"] * 2, kinds

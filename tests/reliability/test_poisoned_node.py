@@ -1,0 +1,162 @@
+"""Hostile nodes among four simulated ones.
+
+- A poisoned node sends back its update scaled by -20 every round (20 times its honest step, reversed:
+  well-formed, finite, of the right shapes, so screening lets it through). The same federation runs with the
+  default aggregation (FedProx's sample-weighted mean), which follows the attacker, and with one of Flower's robust
+  aggregations, which keeps it out.
+- Three broken nodes send NaN weights, weights of another dtype, and an update over `max-update-mb`: each reply
+  is dropped with one line saying why, and the run carries on with the honest node.
+
+The attackers are this module's ClientApps: app.client_app's real handlers, with some partitions' train replies
+corrupted on their way out. Flower's simulation engine loads one by name (the app's own pyproject.toml, with that
+ClientApp in place of app.client_app's), with the repository on PYTHONPATH."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from app import client_app
+from app.config import EMBEDDED_OVERRIDES
+from app.telemetry import get_logger
+from tests.integration.conftest import REPO, flwr_run, local_simulation, server_eval, stop_local_superlink
+
+pytestmark = pytest.mark.integration
+log = get_logger(__name__)
+
+SCALE = -20.0
+ATTACKER_PARTITION = 0
+ROUNDS = 2
+FEDERATION = {**EMBEDDED_OVERRIDES, "num-server-rounds": ROUNDS, "local-steps": 20, "min-train-nodes": 4,
+              "min-available-nodes": 4}
+# Flower's trimmed mean cuts int(beta * 4) updates from each end: 0.25 cuts the one hostile update of four.
+ROBUST = {"aggregation": "fedtrimmedavg", "trim-beta": 0.25, "num-malicious-nodes": 1}
+
+def attacker(corrupt) -> ClientApp:
+    """app.client_app's handlers, with each train reply passed through corrupt(partition, reply, received)."""
+    app = ClientApp()
+
+    @app.query()
+    def report_stats(msg: Message, context: Context) -> Message:
+        return client_app.report_stats(msg, context)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return client_app.evaluate(msg, context)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        reply = client_app.train(msg, context)
+        if not reply.has_error():
+            corrupt(context.node_config.get("partition-id"), reply.content["arrays"], msg.content["arrays"])
+        return reply
+
+    return app
+
+
+def poison(partition: int, trained: ArrayRecord, received: ArrayRecord) -> None:
+    """w -> g + SCALE * (w - g): the node's update (its weights w minus the global g it received), scaled."""
+    if partition != ATTACKER_PARTITION:
+        return
+    for name in list(trained.keys()):
+        g = received[name].numpy()
+        trained[name] = Array(np.asarray(g + SCALE * (trained[name].numpy() - g), dtype=g.dtype))
+
+
+def vandalize(partition: int, trained: ArrayRecord, received: ArrayRecord) -> None:
+    """Partition 0 is honest; 1 sends NaN, 2 float64 weights, 3 a 4 MB array on top (the cap is 1 MB)."""
+    name = next(iter(trained.keys()))
+    values = trained[name].numpy()
+    if partition == 1:
+        trained[name] = Array(np.full_like(values, np.nan))
+    elif partition == 2:
+        trained[name] = Array(values.astype(np.float64))
+    elif partition == 3:
+        trained["padding"] = Array(np.zeros(1_000_000, dtype=np.float32))
+
+
+poisoner = attacker(poison)
+vandal = attacker(vandalize)
+VANDALS = {"max-update-mb": 1, "min-replies": 1}  # the tiny model's honest update is 0.77 MB
+
+
+def hostile_app(tmp_path, client: str) -> Path:
+    """The Flower App with this module's ClientApp `client`: only its pyproject.toml, the code comes from
+    PYTHONPATH."""
+    directory = tmp_path / f"{client}-fedvla"  # Flower wants an app directory name of letters, digits and hyphens
+    directory.mkdir()
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'clientapp = "app.client_app:app"' in pyproject
+    (directory / "pyproject.toml").write_text(pyproject.replace(
+        'clientapp = "app.client_app:app"', f'clientapp = "tests.reliability.test_poisoned_node:{client}"'))
+    return directory
+
+
+@pytest.fixture
+def four_nodes(tmp_path):
+    home = tmp_path / "flwr-home"
+    env = local_simulation(home, num_supernodes=4)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    yield env
+    stop_local_superlink(home)
+
+
+def federate(env, app: Path, output_dir: Path, overrides: dict) -> Path | None:
+    """One run of the federation; its outputs directory, or None if it failed."""
+    result = flwr_run(env, {**FEDERATION, **overrides, "output-dir": str(output_dir)}, app)
+    if result.returncode != 0:
+        log.error("poisoned_run_failed", overrides=overrides, output=(result.stdout + result.stderr)[-3000:])
+        return None
+    (run_dir,) = list(output_dir.iterdir())
+    return run_dir
+
+
+def completed_rounds(run_dir: Path | None) -> list[dict]:
+    if run_dir is None:
+        return []
+    return json.loads((run_dir / "server" / "federated_metrics.json").read_text())["rounds"]
+
+
+def test_a_robust_aggregation_keeps_a_poisoned_update_out(four_nodes, tmp_path, ledger):
+    poisoned_app = hostile_app(tmp_path, "poisoner")
+    runs = {name: federate(four_nodes, poisoned_app, tmp_path / name, overrides)
+            for name, overrides in (("fedprox", {}), ("fedtrimmedavg", ROBUST))}
+    rounds = {name: completed_rounds(run_dir) for name, run_dir in runs.items()}
+    losses = {name: server_eval(run_dir, ROUNDS) if run_dir else math.nan for name, run_dir in runs.items()}
+    initial = server_eval(runs["fedprox"], 0) if runs["fedprox"] else math.nan
+    log.info("poisoned_node_final_server_eval_loss", initial=initial, **losses)
+    ledger.book(f"poisoned node x{SCALE:g}: final server loss fedprox {losses['fedprox']:.4g}, "
+                f"fedtrimmedavg {losses['fedtrimmedavg']:.4g} (initial {initial:.4g})",
+                faults=sum(len(r) for r in rounds.values()),
+                runs_completed=sum(run_dir is not None for run_dir in runs.values()),
+                rounds_lost=sum(ROUNDS - len(r) for r in rounds.values()))
+
+    assert all(runs.values()), "both runs must complete; see the poisoned_run_failed log"
+    for name, run_rounds in rounds.items():  # the attacker's update is well-formed: screening lets it through
+        assert all(r["dropped"] == [] and "partition_0" in r["nodes"] for r in run_rounds), (name, run_rounds)
+    assert math.isfinite(losses["fedtrimmedavg"])
+    assert losses["fedtrimmedavg"] < initial, "with the hostile update trimmed, the federation still learns"
+    # measured: initial 2.28, fedprox 5.90 (worse than no training at all), fedtrimmedavg 2.06
+    assert not losses["fedprox"] <= initial, "the attack must hurt plain averaging, or this test shows nothing"
+    assert not losses["fedprox"] < 2 * losses["fedtrimmedavg"], "plain averaging follows the hostile update"
+
+
+def test_broken_updates_are_dropped_with_a_reason_and_the_run_goes_on(four_nodes, tmp_path, ledger):
+    run_dir = federate(four_nodes, hostile_app(tmp_path, "vandal"), tmp_path / "vandals", VANDALS)
+    rounds = completed_rounds(run_dir)
+    ledger.book("NaN, wrong dtype and oversized updates", faults=3 * len(rounds), runs_completed=int(bool(run_dir)),
+                rounds_lost=ROUNDS - len(rounds))
+    assert run_dir is not None, "the run must complete; see the poisoned_run_failed log"
+    for r in rounds:
+        assert [name for name, node in r["nodes"].items() if node["samples"]] == ["partition_0"], r
+        reasons = " | ".join(sorted(r["dropped"]))
+        assert len(r["dropped"]) == 3, reasons
+        for why in ("holds NaN or inf", "is float64[", "above max-update-mb=1"):
+            assert why in reasons, reasons
