@@ -15,6 +15,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
+def ledger():
+    """What a fault-injecting test did, for the session's reliability summary (tests/reliability/ledger.py)."""
+    from tests.reliability.ledger import LEDGER
+
+    return LEDGER
+
+
+def pytest_terminal_summary(terminalreporter):
+    from tests.reliability.ledger import write_summary
+
+    write_summary(terminalreporter)
+
+
+@pytest.fixture(scope="session")
 def fedvla_home() -> Path:
     return Path(os.environ["FEDVLA_HOME"])
 

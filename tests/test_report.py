@@ -56,3 +56,19 @@ def test_round_summaries_show_every_node_of_a_shared_name():
     summary = round_summary(1, 1e-3, 5.0, {"train-loss": 2.0}, None, None, per_node, [])
     assert sorted(summary["nodes"]) == ["operator_0 (node 11)", "operator_0 (node 22)", "operator_1"]
     assert summary["nodes"]["operator_0 (node 22)"]["train-loss"] == 3.0
+
+
+def test_a_reopened_run_has_its_history_and_names_the_run_that_continues_it(tmp_path):
+    first = RunOutputs.create(tmp_path, {"lr": 0.001}, run_id=1)
+    first.record_server_eval(0, {"eval-loss": 2.0})
+    first.record_server_eval(1, {"eval-loss": 1.5})
+    first.record_client_reply("train", 1, "operator_0", 11, "embedded:operator-0", TRAIN)
+    first.record_client_reply("evaluate", 1, "operator_0", 11, "embedded:operator-0", {"eval-loss": 1.2})
+    first.record_round({"round": 1, "train-loss": 1.0})
+    again = RunOutputs.reopen(first.root, run_id=2)
+    assert again.server_eval == {0: 2.0, 1: 1.5}
+    assert again.rounds == [{"round": 1, "train-loss": 1.0}]
+    assert again.client_eval == {11: {1: 1.2}} and again.nodes.label(11) == "operator_0"
+    assert again.client_dir(11) == first.client_dir(11)
+    saved = json.loads((first.root / "run_config.json").read_text())
+    assert saved == {"run-id": 1, "run-config": {"lr": 0.001}, "continued-by": [2]}

@@ -61,6 +61,17 @@ def server_events(output_dir: Path, run_id: int) -> list[str]:
         return []
 
 
+def command_line(process) -> list[str]:
+    """A psutil process's command line; [] for one that ended since it was listed (a ClientApp process, a `flwr`
+    call)."""
+    import psutil
+
+    try:
+        return process.cmdline()
+    except psutil.NoSuchProcess:
+        return []
+
+
 def server_eval(run_dir: Path, server_round: int) -> float:
     return json.loads((run_dir / "server" / f"round_{server_round}_server_eval.json").read_text())["eval-loss"]
 

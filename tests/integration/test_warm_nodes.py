@@ -14,12 +14,12 @@ from app import embedded
 from app.config import EMBEDDED_OVERRIDES, RunConfig
 from app.demo import APP_DIR, find_run_dir
 from app.launch import Deployment
-from tests.integration.conftest import NODES, server_events
+from tests.integration.conftest import NODES, command_line, server_events
 
 pytestmark = pytest.mark.integration
 def kill_worker(deployment: Deployment, node: str) -> int:
     (worker,) = [p for p in psutil.Process(deployment.processes[node].pid).children(recursive=True)
-                 if "app.worker" in p.cmdline()]
+                 if "app.worker" in command_line(p)]
     os.kill(worker.pid, signal.SIGKILL)
     return worker.pid
 

@@ -19,7 +19,7 @@ from app.checkpoint import verify_checkpoint
 from app.config import EMBEDDED_OVERRIDES, RunConfig
 from app.demo import APP_DIR, find_run_dir
 from app.launch import Deployment
-from tests.integration.conftest import NODES
+from tests.integration.conftest import NODES, command_line
 
 pytestmark = pytest.mark.integration
 ROUNDS = 4
@@ -27,7 +27,7 @@ ROUNDS = 4
 
 def serverapp_processes(deployment: Deployment) -> list[psutil.Process]:
     superlink = psutil.Process(deployment.processes["superlink"].pid)
-    return [p for p in superlink.children(recursive=True) if "serverapp" in " ".join(p.cmdline())]
+    return [p for p in superlink.children(recursive=True) if "serverapp" in " ".join(command_line(p))]
 
 
 def wait_until_round_starts(deployment: Deployment, run_dir_log, server_round: int) -> None:

@@ -15,7 +15,7 @@ import time
 import psutil
 import pytest
 
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, command_line
 
 pytestmark = pytest.mark.integration
 ROUNDS = 3
@@ -36,7 +36,7 @@ def trained(summary: dict) -> list[str]:
 def node_group(demo: subprocess.Popen, name: str) -> int:
     """The process group of the demo's `fedvla node --name <name>` (each node runs in a session of its own)."""
     for child in psutil.Process(demo.pid).children():
-        command = child.cmdline()
+        command = command_line(child)
         if "node" in command and command[command.index("--name") + 1] == name:
             return child.pid
     raise LookupError(name)
