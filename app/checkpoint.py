@@ -215,6 +215,12 @@ def list_checkpoints(models_dir: Path) -> list[tuple[int, Path]]:
     return sorted((n, path) for n, path in found if n is not None and (path / MANIFEST).is_file())
 
 
+def latest_checkpoint(models_dir: Path) -> Path | None:
+    """The newest complete checkpoint under `models_dir`, or None."""
+    checkpoints = list_checkpoints(models_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
 def _round_of(path: Path) -> int | None:
     suffix = path.name.removeprefix("checkpoint_round_")
     return int(suffix) if path.name.startswith("checkpoint_round_") and suffix.isdigit() else None

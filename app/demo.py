@@ -71,7 +71,7 @@ def find_run_dir(output_dir: Path, run_id: int) -> Path:
 
 def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=None, tls: bool = True) -> DemoResult:
     from app import embedded
-    from app.checkpoint import list_checkpoints
+    from app.checkpoint import latest_checkpoint
     from app.launch import Deployment
 
     run_config = {**EMBEDDED_OVERRIDES, "min-train-nodes": num_nodes, "min-available-nodes": num_nodes,
@@ -104,5 +104,4 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=Non
     rounds = json.loads(metrics_path.read_text())["rounds"] if metrics_path.exists() else []
     history_path = run_dir / "server" / "eval_policy_loss_history.json"
     server_eval = json.loads(history_path.read_text())["server"] if history_path.exists() else {}
-    checkpoints = list_checkpoints(run_dir / "models")
-    return DemoResult(status, run_dir, rounds, server_eval, checkpoints[-1][1] if checkpoints else None)
+    return DemoResult(status, run_dir, rounds, server_eval, latest_checkpoint(run_dir / "models"))

@@ -161,13 +161,6 @@ def save_round_checkpoint(server, stats: dict, arrays: ArrayRecord, outputs, sum
     return path, time.perf_counter() - started
 
 
-def last_checkpoint(outputs) -> Path | None:
-    from app.checkpoint import list_checkpoints
-
-    checkpoints = list_checkpoints(outputs.models)
-    return checkpoints[-1][1] if checkpoints else None
-
-
 def interrupted_round_eval(outputs, strategy, replies: dict, server_round: int):
     """For a run carried on after round `server_round`: if that round's summary on disk still waits for the nodes'
     evaluation of its model (which the next train replies bring), a function completing it; else None."""
@@ -209,6 +202,7 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
     from app.hub import should_push
     from app.node import Learner
     from app.report import round_summary
+    from app.checkpoint import latest_checkpoint
     from app.resume import RoundState, load_round_state, mark_finished, save_round_state
     from app.strategy import FedVLA
 
@@ -267,7 +261,7 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
 
     # re-summarizes the last round once the nodes' evaluation of its model is in
     awaiting_client_eval = interrupted_round_eval(outputs, strategy, replies, first_round - 1)
-    final = last_checkpoint(outputs)  # an interrupted run may have nothing left to train
+    final = latest_checkpoint(outputs.models)  # an interrupted run may have nothing left to train
     server_round = first_round - 1
     for server_round in range(first_round, run.num_server_rounds + 1):
         started = time.perf_counter()
