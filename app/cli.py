@@ -4,11 +4,16 @@
   fedvla node    an operator's SuperNode: a warm worker that checks the dataset and does the work, beside
                  flower-supernode
   fedvla demo    a real federation on this machine: SuperLink + SuperNodes + `flwr run`, embedded data
+  fedvla check   a dataset against the federation's model and settings: what fits, what does not, the fix
+  fedvla predict a checkpoint on a recorded episode: per-joint action error against the base model, and a chart
+  fedvla status  is the SuperLink reachable, which SuperNodes are connected, which runs exist
   fedvla push    push a saved checkpoint to the Hugging Face Hub
   fedvla certs   the federation owner's TLS files (a CA and the SuperLink's certificate)
   fedvla keys    an operator's SuperNode authentication key pair
 
-User errors (a bad flag, a missing dataset, a schema mismatch) print one line and exit 2, without a traceback.
+Exit codes: 0 done (and for check/status: fits, reachable), 1 the answer is no (check: the dataset does not fit;
+status: the SuperLink cannot be reached), 2 a user error (a bad flag, a missing dataset, a schema mismatch), printed
+as one line without a traceback, 130 interrupted.
 Heavy libraries (torch, lerobot) load only once a command needs them, so `--help` is instant.
 """
 
@@ -111,16 +116,167 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_federation_settings(p) -> None:
+    """The run-config settings a dataset is checked against: `fedvla check` and `fedvla node` share them."""
+    p.add_argument("--model", default=None, help="the federation's `model` (default lerobot/smolvla_base)")
+    p.add_argument("--fps", type=_positive_int, default=30, help="the federation's `fps` (default 30)")
+    p.add_argument("--cameras", default="auto",
+                   help="the federation's policy `cameras`, as its run-config says (default auto: see README)")
+    p.add_argument("--camera-map", default=None,
+                   help="your camera names -> the policy's, e.g. top=camera1,wrist=camera2 (default: the run's)")
+
+
+def _checked_settings(args: argparse.Namespace, dataset_uri: str) -> dict:
+    from app.config import RunConfig
+
+    defaults = RunConfig()
+    return {"dataset-uri": dataset_uri, "model": args.model or defaults.model, "fps": args.fps, "cameras": args.cameras,
+            "camera-map": defaults.camera_map if args.camera_map is None else args.camera_map}
+
+
+def _add_check_parser(sub) -> None:
+    p = sub.add_parser("check", help="a dataset against the federation's model and settings, with the fix")
+    p.add_argument("dataset", help="hf:<repo_id>, a local LeRobot dataset directory, or embedded:<name>")
+    _add_federation_settings(p)
+    p.add_argument("--json", action="store_true", help="the report as JSON on stdout")
+    p.set_defaults(handler=_check)
+
+
+def _check(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from app.node import inspect_dataset
+
+    settings = _checked_settings(args, args.dataset)
+    check = inspect_dataset(*settings.values())
+    if args.json:
+        sys.stdout.write(json.dumps({"ok": check.ok, "settings": settings, **asdict(check)}, indent=2) + "\n")
+        return 0 if check.ok else 1
+    out = Console(soft_wrap=True, highlight=False)
+    out.print(f"[bold]{args.dataset}[/bold] for model={settings['model']} fps={settings['fps']} "
+              f"cameras={settings['cameras']} camera-map={settings['camera-map']}")
+    for finding in check.fit.findings:
+        out.print(f"  {'[green]ok[/green]' if finding.ok else '[red]no[/red]'}  {escape(finding.detail)}")
+    out.print(f"  {check.size.episodes} episodes, {check.size.frames} frames")
+    if check.fit.ok:
+        out.print("  [green]ok[/green]  first and last episodes decode" if not check.frames_problem
+                  else f"  [red]no[/red]  {escape(check.frames_problem)}")
+    if check.fit.camera_map:
+        out.print(f"fix: --camera-map {check.fit.camera_map}  (check the pairing: your camera on the left)")
+    if check.fit.fps:
+        out.print(f"fix: the federation's fps={check.fit.fps}, or record at {settings['fps']} fps")
+    out.print("[green]fits[/green]" if check.ok else "[red]does not fit[/red]")
+    return 0 if check.ok else 1
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="a checkpoint on a recorded episode: per-joint action error and a chart")
+    p.add_argument("checkpoint", type=Path, help="e.g. outputs/<timestamp>/models/checkpoint_round_30")
+    p.add_argument("--dataset", required=True, help="hf:<repo_id>, a local LeRobot dataset directory, or embedded:<name>")
+    p.add_argument("--episode", type=int, default=0, help="episode index (default 0)")
+    p.add_argument("--baseline", default="auto", help="model to compare with: a Hub id, checkpoint directory or "
+                   "embedded:tiny; 'auto' (default): the run's base model; 'none': no comparison")
+    p.add_argument("--camera-map", default="auto", help="the dataset's camera names -> the policy's (default auto)")
+    p.add_argument("--chart", type=Path, help="PNG of predicted vs recorded joint trajectories (default: "
+                   "predictions/<checkpoint>_<dataset>_ep<N>.png in the checkpoint's run directory, else here)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--json", action="store_true", help="the errors as JSON on stdout")
+    p.set_defaults(handler=_predict)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+    import re
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from app.predict import predict
+
+    if not args.checkpoint.is_dir():
+        raise UserError(f"checkpoint {str(args.checkpoint)!r} is not a directory: give a models/checkpoint_round_N")
+    run_dir = args.checkpoint.resolve().parent.parent  # a checkpoint is sealed: the chart goes beside it
+    where = run_dir if (run_dir / "run_config.json").is_file() else Path.cwd()
+    name = f"{args.checkpoint.name}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}_ep{args.episode}.png"
+    chart = args.chart or where / "predictions" / name
+    result = predict(args.checkpoint, args.dataset, args.episode, None if args.baseline == "none" else args.baseline,
+                     args.camera_map, chart, args.device)
+    if args.json:
+        sys.stdout.write(json.dumps({"dataset": result.dataset, "episode": result.episode, "frames": result.frames,
+                                     "chart": str(result.chart), "policies": [
+                                         {"policy": s.policy, "mean-error": s.mean_error, "joint-error": s.joint_error}
+                                         for s in result.scores]}, indent=2) + "\n")
+        return 0
+    table = Table(title=f"{args.dataset} episode {args.episode}: mean absolute action error ({result.frames} frames)")
+    table.add_column("joint")
+    for score in result.scores:
+        table.add_column(score.policy, justify="right")
+    for joint in result.scores[0].joint_error:
+        table.add_row(joint, *(f"{s.joint_error[joint]:.3f}" for s in result.scores))
+    table.add_row("mean", *(f"{s.mean_error:.3f}" for s in result.scores), style="bold")
+    out = Console(soft_wrap=True)
+    out.print(table)
+    out.print(f"chart  {result.chart}")
+    return 0
+
+
+def _add_status_parser(sub) -> None:
+    p = sub.add_parser("status", help="is the SuperLink reachable, which SuperNodes are connected, which runs exist")
+    p.add_argument("connection", nargs="?", default="",
+                   help="a SuperLink connection of $FLWR_HOME/config.toml (default: its default one)")
+    p.add_argument("--json", action="store_true", help="the answer as JSON on stdout")
+    p.set_defaults(handler=_status)
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from app.status import federation_status
+
+    status = federation_status(args.connection)
+    if args.json:
+        sys.stdout.write(json.dumps(asdict(status), indent=2) + "\n")
+        return 0 if status.reachable else 1
+    out = Console(soft_wrap=True, highlight=False)
+    name = args.connection or "the default connection"
+    if not status.reachable:
+        out.print(f"SuperLink ({escape(name)}): [red]unreachable[/red]: {escape(status.problem)}")
+        return 1
+    out.print(f"SuperLink ({escape(name)}): [green]reachable[/green], {len(status.online)} of {len(status.nodes)} "
+              f"SuperNodes online, {len(status.runs)} runs")
+    if status.nodes:
+        nodes = Table("node id", "owner", "status", "since")
+        for node in status.nodes:
+            since = node.get("online-at") if node.get("status") == "online" else node.get("offline-at")
+            nodes.add_row(str(node.get("node-id")), str(node.get("owner-name") or ""), str(node.get("status")),
+                          str(since or ""))
+        out.print(nodes)
+    if status.runs:
+        runs = Table("run id", "app", "status", "elapsed", "MB moved")
+        for run in status.runs:
+            moved = run.get("network-traffic", {}).get("total-bytes", 0) / 1e6
+            runs.add_row(str(run.get("run-id")), str(run.get("fab-name", "")), str(run.get("status")),
+                         str(run.get("elapsed", "")), f"{moved:.1f}")
+        out.print(runs)
+    if status.problem:
+        out.print(f"runs: {escape(status.problem)}")
+    return 0
+
+
 def _add_node_parser(sub) -> None:
     p = sub.add_parser("node", help="check this operator's dataset, then run flower-supernode with it")
     p.add_argument("--superlink", required=True, help="the SuperLink's Fleet API address, host:9092")
     p.add_argument("--dataset-uri", required=True, help="hf:<repo_id> or a local LeRobot dataset directory")
-    p.add_argument("--model", default=None, help="the federation's model setting (default lerobot/smolvla_base)")
-    p.add_argument("--fps", type=_positive_int, default=30)
-    p.add_argument("--cameras", default="auto",
-                   help="the federation's policy cameras, as its run-config says (default auto: see README)")
-    p.add_argument("--camera-map", default=None,
-                   help="your camera names -> the policy's, e.g. top=camera1,wrist=camera2 (default: the run's)")
+    _add_federation_settings(p)
     p.add_argument("--name", default="", help="how this node appears in the server's reports")
     tls = p.add_mutually_exclusive_group(required=True)
     tls.add_argument("--insecure", action="store_true", help="no TLS: anyone on the path reads and alters the "
@@ -144,14 +300,13 @@ def _node(args: argparse.Namespace) -> int:
     import tempfile
 
     from app import supervisor, worker
-    from app.config import NodeConfig, RunConfig
+    from app.config import NodeConfig
     from app.exporter import metrics_endpoint
     from app.launch import config_arg
     from app.supernode_watch import SuperNodeWatch
+    from app.telemetry import add_log_file
 
-    defaults = RunConfig()
-    check = {"dataset-uri": args.dataset_uri, "model": args.model or defaults.model, "fps": args.fps,
-             "cameras": args.cameras, "camera-map": defaults.camera_map if args.camera_map is None else args.camera_map}
+    check = _checked_settings(args, args.dataset_uri)  # what `fedvla check` checks, the worker checks at start
     if args.check_only:
         from app.node import check_node_dataset
 
@@ -162,6 +317,8 @@ def _node(args: argparse.Namespace) -> int:
         node_config["camera-map"] = args.camera_map
     # Labelled as the node's ClientApps label their own metrics and logs, so the two join.
     name = NodeConfig.from_mapping(node_config).label()
+    logs = worker.node_log_dir(NodeConfig(name=name, dataset_uri="-"))  # beside the worker's and ClientApps' logs
+    add_log_file(logs / "node.log")
     socket_dir = Path(tempfile.mkdtemp(prefix="fedvla-node-"))  # 0700: the worker's socket is the node's alone
     socket_path = socket_dir / "worker.sock"
     node_config |= {"worker-socket": str(socket_path), "worker-stall-seconds": args.worker_stall_seconds}
@@ -191,9 +348,11 @@ def _node(args: argparse.Namespace) -> int:
             # stays up for every message of every run; flower-supernode starts once it listens.
             warm = worker.start([sys.executable, "-m", "app.worker", "--socket", str(socket_path), "--name", name,
                                  *(f"--{key}={value}" for key, value in check.items())], env, socket_path)
-            log.info("supernode_start", superlink=args.superlink, name=name, metrics_port=args.metrics_port)
+            output = logs / "supernode.log"  # Flower's own lines: the console gets its warnings and errors
+            log.info("supernode_start", superlink=args.superlink, name=name, metrics_port=args.metrics_port,
+                     output=str(output))
             watch = SuperNodeWatch(args.superlink, args.root_certificates, args.auth_private_key)
-            code = supervisor.run(command, env, role="supernode", helper=warm, watch=watch)
+            code = supervisor.run(command, env, role="supernode", helper=warm, watch=watch, log_file=output)
             if code != 0 and watch.problem:
                 raise UserError(watch.problem)
             return code
@@ -238,14 +397,8 @@ def _demo(args: argparse.Namespace) -> int:
     console = Console(stderr=True, soft_wrap=True)
 
     def show(record: dict) -> None:
-        event = record.pop("event")
-        for noise in ("level", "logger", "timestamp"):
-            record.pop(noise, None)
-        if event == "round_done":
-            console.print(f"[bold]round {record['round']} done[/bold] in {record['wall-seconds']:.0f} s: "
-                          f"train loss {record['train-loss']:.4f}, server eval loss {_fmt(record.get('server-eval-loss'))}")
-        else:
-            console.print(f"[dim]{event}[/dim] " + " ".join(f"{k}={v}" for k, v in record.items() if k != "run_config"))
+        if (line := server_event_line(record, overrides["num-server-rounds"])) is not None:
+            console.print(line)
 
     result = run_demo(args.nodes, overrides, args.output_dir, on_event=show, tls=not args.insecure)
     table = Table(title=f"Federated SmolVLA: {args.nodes} SuperNodes, FedProx, run {result.status}")
@@ -263,7 +416,29 @@ def _demo(args: argparse.Namespace) -> int:
     out.print(table)
     out.print(f"final checkpoint  {result.final_checkpoint}")
     out.print(f"outputs           {result.run_dir}")
+    out.print(f"logs              {result.logs}")
     return 0 if result.status == "finished:completed" else 1
+
+
+def server_event_line(record: dict, rounds: int) -> str | None:
+    """The demo's console line (rich markup) for a record of the ServerApp's log, or None for one the summary table
+    covers (round starts, checkpoints, the run's end)."""
+    from rich.markup import escape
+
+    event = record.get("event")
+    if event == "run_start":
+        return f"run started, outputs in {escape(record['outputs'])}"
+    if event == "round_done":
+        return (f"[bold]round {record['round']}/{rounds} done[/bold] in {record['wall-seconds']:.0f} s: "
+                f"train loss {record['train-loss']:.4f}, server eval loss {_fmt(record.get('server-eval-loss'))}")
+    if event == "reply_dropped":
+        return (f"[yellow]round {record['round']}: dropped a {record['kind']} reply from node {record['node_id']}"
+                f"[/yellow]: {escape(str(record['why']))}")
+    if event == "run_failed":
+        error = (record.get("exception") or [{}])[0]  # the exception raised; its causes follow
+        return (f"[red]run failed[/red]: {error.get('exc_type')}: {escape(str(error.get('exc_value')))} "
+                f"(the ServerApp's log: {escape(record['outputs'])}/run.log)")
+    return None
 
 
 def _fmt(value) -> str:
@@ -340,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_node_parser(sub)
     _add_demo_parser(sub)
+    _add_check_parser(sub)
+    _add_predict_parser(sub)
+    _add_status_parser(sub)
     _add_push_parser(sub)
     _add_certs_parser(sub)
     _add_keys_parser(sub)

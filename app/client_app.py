@@ -29,7 +29,7 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
     if node.worker_socket:
         content = _forward(node, request, msg.content)
     else:
-        content = worker.perform(*request, msg.content)
+        content = worker.perform(*request, msg.content, state=context.state)
     return Message(content=content, reply_to=msg)
 
 

@@ -121,6 +121,8 @@ def resolve_device(device: str) -> str:
 # Flower's aggregations (flwr.serverapp.strategy) a run can choose for a round's screened updates. "fedprox" is the
 # sample-weighted mean (FedAvg's server side: FedProx's proximal term acts on the nodes, whichever is chosen).
 AGGREGATIONS = ("fedprox", "fedtrimmedavg", "fedmedian", "krum", "multikrum", "bulyan")
+# app.codec's encodings (kept here too, so reading a config needs neither NumPy nor Flower).
+UPDATE_ENCODINGS = ("fp32", "bf16", "int8-delta", "int4-delta")
 # n >= a * f + b: the updates a round needs to withstand f hostile ones (the papers' bounds).
 BYZANTINE_BOUNDS = {"fedmedian": (2, 1), "krum": (2, 3), "multikrum": (2, 3), "bulyan": (4, 3)}
 
@@ -165,6 +167,9 @@ class RunConfig:
     eval_frequency: int = 1
     checkpoint_interval: int = 10
     fraction_train: float = 1.0
+    # share of connected nodes asked for their normalization stats before round 1 (at least min-train-nodes): a
+    # federation of thousands estimates its stats from a seeded sample instead of asking every node
+    stats_fraction: float = 1.0
     min_train_nodes: int = 2
     min_available_nodes: int = 2
     min_replies: int = 1  # a round closes with the usable replies it has, if at least this many
@@ -175,6 +180,7 @@ class RunConfig:
     # the size of the trainable weights (smolvla_base: 400 MB fp32): 1024 MB leaves room for a larger trainable part
     # while a node cannot make the server decode gigabytes; raise it when training more of a bigger model.
     max_update_mb: float = 1024.0
+    update_encoding: str = "fp32"  # how weights travel, both ways: one of app.codec.ENCODINGS
     round_timeout: float = 1800.0  # seconds a round waits for replies (a lost node is noticed sooner, by heartbeat)
     node_wait_timeout: float = 600.0  # seconds to wait for min-available-nodes before the run gives up
     early_stop_patience: int = 0  # 0: never stop early
@@ -216,6 +222,7 @@ class RunConfig:
             eval_frequency=_int(raw, "eval-frequency", d.eval_frequency, 1),
             checkpoint_interval=_int(raw, "checkpoint-interval", d.checkpoint_interval, 1),
             fraction_train=_float(raw, "fraction-train", d.fraction_train, 0.0, 1.0),
+            stats_fraction=_float(raw, "stats-fraction", d.stats_fraction, 0.0, 1.0),
             min_train_nodes=_int(raw, "min-train-nodes", d.min_train_nodes, 1),
             min_available_nodes=_int(raw, "min-available-nodes", d.min_available_nodes, 1),
             min_replies=_int(raw, "min-replies", d.min_replies, 1),
@@ -223,6 +230,7 @@ class RunConfig:
             trim_beta=_float(raw, "trim-beta", d.trim_beta, 0.0, 0.5),
             num_malicious_nodes=_int(raw, "num-malicious-nodes", d.num_malicious_nodes, 0),
             max_update_mb=_float(raw, "max-update-mb", d.max_update_mb, 0.0),
+            update_encoding=_str(raw, "update-encoding", d.update_encoding).lower(),
             round_timeout=_float(raw, "round-timeout", d.round_timeout, 1.0),
             node_wait_timeout=_float(raw, "node-wait-timeout", d.node_wait_timeout, 1.0),
             early_stop_patience=_int(raw, "early-stop-patience", d.early_stop_patience, 0),
@@ -236,6 +244,8 @@ class RunConfig:
         )
         if config.fraction_train == 0.0:
             raise ConfigError("fraction-train must be above 0: a round with no training nodes trains nothing")
+        if config.stats_fraction == 0.0:
+            raise ConfigError("stats-fraction must be above 0: the federation's normalization needs some nodes' stats")
         if config.min_available_nodes < config.min_train_nodes:
             raise ConfigError("min-available-nodes must be >= min-train-nodes")
         if config.hf_repo_id and config.hf_repo_id.count("/") != 1:
@@ -243,6 +253,8 @@ class RunConfig:
         if not config.model:
             raise ConfigError("model must name a Hub id, a checkpoint directory or embedded:tiny")
         parse_camera_map(config.camera_map, config.model)
+        if config.update_encoding not in UPDATE_ENCODINGS:
+            raise ConfigError(f"update-encoding must be one of {', '.join(UPDATE_ENCODINGS)}, got {config.update_encoding!r}")
         config._check_aggregation()
         return config
 

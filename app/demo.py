@@ -5,6 +5,9 @@ talking gRPC over TLS on 127.0.0.1 (a CA and certificate made for this deploymen
 `tls=False`), submits this app with `flwr run`, follows the run, stops everything it started, and returns where
 the outputs went. A SuperNode that dies is started again, as a container's restart policy would, and the run
 carries on without it meanwhile.
+
+The console gets a line per phase; each process's full output goes to its log file under the deployment's `logs`
+directory (this process's own records to demo.log, as JSON lines), copied into the run's `processes` directory.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.config import EMBEDDED_OVERRIDES, RunConfig
-from app.telemetry import get_logger
+from app.telemetry import add_log_file, get_logger
 
 log = get_logger(__name__)
 APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: the directory holding pyproject.toml
@@ -30,6 +33,7 @@ class DemoResult:
     rounds: list[dict]
     server_eval: dict[str, float]
     final_checkpoint: Path | None
+    logs: Path  # every process's log, this one's included
 
 
 class ServerProgress:
@@ -77,20 +81,23 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=Non
     run_config = {**EMBEDDED_OVERRIDES, "min-train-nodes": num_nodes, "min-available-nodes": num_nodes,
                   **run_overrides, "output-dir": str(output_dir.resolve())}
     run = RunConfig.from_mapping(run_config)  # fail here, before any process starts
+    workdir = Path(tempfile.mkdtemp(prefix="fedvla-demo-"))
+    add_log_file(workdir / "logs" / "demo.log")
+    log.info("preparing_embedded_data", path=str(embedded.embedded().root))  # written on the first run only
     embedded.ensure_base_model()
     embedded.ensure_server_eval_dataset()
     datasets = [str(embedded.ensure_operator_dataset(i)) for i in range(num_nodes)]  # each node checks its own
 
-    workdir = Path(tempfile.mkdtemp(prefix="fedvla-demo-"))
     with Deployment(workdir, tls=tls, restart_nodes=True) as deployment:
         deployment.start_superlink(cwd=APP_DIR)
         threads = max(1, (os.cpu_count() or 1) // num_nodes)  # the nodes share this machine's cores
         for i, uri in enumerate(datasets):
             deployment.start_supernode(f"operator_{i}", uri, run_config["model"], threads=threads,
                                        cameras=run.cameras, camera_map=run.camera_map)
+        log.info("supernodes_started", nodes=sorted(deployment.nodes), threads_each=threads)
         started = time.time()
         run_id = deployment.submit(APP_DIR, run_config)
-        log.info("run_submitted", run_id=run_id, superlink=f"127.0.0.1:{deployment.control_port}")
+        log.info("run_submitted", run_id=run_id)
         progress = ServerProgress(output_dir, run_id, on_event or (lambda record: None))
         status = deployment.wait(run_id, on_poll=progress.poll, ended=lambda: progress.ended)
         progress.poll()
@@ -104,4 +111,5 @@ def run_demo(num_nodes: int, run_overrides: dict, output_dir: Path, on_event=Non
     rounds = json.loads(metrics_path.read_text())["rounds"] if metrics_path.exists() else []
     history_path = run_dir / "server" / "eval_policy_loss_history.json"
     server_eval = json.loads(history_path.read_text())["server"] if history_path.exists() else {}
-    return DemoResult(status, run_dir, rounds, server_eval, latest_checkpoint(run_dir / "models"))
+    return DemoResult(status, run_dir, rounds, server_eval, latest_checkpoint(run_dir / "models"),
+                      logs=run_dir / "processes")

@@ -102,7 +102,7 @@ class Deployment:
         out.close()
         self.processes[name] = process
         self.spawn_env[name] = env
-        log.info("process_started", name=name, pid=process.pid)
+        log.debug("process_started", name=name, pid=process.pid, log=str(logs / f"{name}.log"))
         return process
 
     def log_tail(self, name: str, lines: int = 15) -> str:
@@ -149,6 +149,8 @@ class Deployment:
         while time.monotonic() < deadline:
             self.check_alive()
             if self.healthy():
+                log.info("superlink_ready", control=f"127.0.0.1:{self.control_port}",
+                         fleet=f"127.0.0.1:{self.fleet_port}", tls=self.tls)
                 return
             time.sleep(0.5)
         raise TimeoutError(f"the SuperLink did not answer on 127.0.0.1:{self.control_port}:\n{self.log_tail('superlink')}")
@@ -262,9 +264,10 @@ class Deployment:
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                log.warning("process_killed", name=name, why=f"still running {grace:.0f} s after SIGTERM")
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-            log.info("process_stopped", name=name, code=process.returncode)
+            log.debug("process_stopped", name=name, code=process.returncode)
 
     def __enter__(self) -> Deployment:
         return self

@@ -73,7 +73,7 @@ def arrays_bytes(arrays) -> int:
     return sum(len(array.data) for array in arrays.values())
 
 
-def record_server_round(run_id: int, summary: Mapping, planned: int, sampled: int, sent_bytes: int) -> None:
+def record_server_round(run_id: int, summary: Mapping, planned: int, sampled: int) -> None:
     """A finished round, from the run report's round summary (app.report.round_summary)."""
     run = str(run_id)
     SERVER_ROUND.labels(run).set(summary["round"])
@@ -86,9 +86,8 @@ def record_server_round(run_id: int, summary: Mapping, planned: int, sampled: in
     SERVER_ROUND_NODES.labels(run, "sampled").set(sampled)
     SERVER_ROUND_NODES.labels(run, "replied").set(len(replied))
     SERVER_ROUND_NODES.labels(run, "dropped").set(len(summary.get("dropped", ())))
-    SERVER_SENT_BYTES.labels(run).inc(sent_bytes)
-    # A node sends what the server receives.
-    SERVER_RECEIVED_BYTES.labels(run).inc(sum(n.get("bytes-sent") or 0 for n in replied))
+    SERVER_SENT_BYTES.labels(run).inc(summary.get("bytes-sent", 0))
+    SERVER_RECEIVED_BYTES.labels(run).inc(summary.get("bytes-received", 0))
 
 
 def record_server_start(run_id: int, planned: int, initial_eval_loss: float, first_round: int) -> None:

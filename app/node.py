@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config import NodeConfig, RunConfig, parse_camera_map, parse_cameras, resolve_device
+from app.data import SchemaFit
 from app.errors import ConfigError
 from app.telemetry import get_logger
 
@@ -74,9 +75,11 @@ def policy_config_and_data(
     heldout_fraction: float,
     seed: int,
     partition: tuple[int, int] | None = None,
+    evaluation_only: bool = False,
 ):
     """The policy's config (only the federation's cameras) and the dataset, checked against it and split:
-    what every trainer needs before it builds the policy, a node's and the standalone baseline's alike."""
+    what every trainer needs before it builds the policy, a node's and the standalone baseline's alike. With
+    `evaluation_only` (the server's dataset) every episode is held out and there is no training set."""
     from app import model as models
     from app.data import load_node_data
 
@@ -89,6 +92,7 @@ def policy_config_and_data(
         seed,
         partition,
         parse_camera_map(camera_map, model),
+        evaluation_only=evaluation_only,
     )
     return config, data
 
@@ -106,23 +110,39 @@ class RoundResult:
 
 
 class Learner:
-    """A SmolVLA policy bound to one dataset: trains and evaluates rounds given global weights and stats."""
+    """A SmolVLA policy bound to one dataset: trains and evaluates rounds given global weights and stats.
+
+    `evaluation_only` is the server's case: it never trains, so its dataset is all held out (every episode of
+    `server-eval-dataset` is evaluated on) and `train_round` is refused."""
 
     def __init__(self, run: RunConfig, dataset_uri: str, partition: tuple[int, int] | None = None,
-                 camera_map: str | None = None):
+                 camera_map: str | None = None, *, evaluation_only: bool = False):
         from app import model as models
 
         self.run = run
+        self.partition = partition
         self.config, self.data = policy_config_and_data(
             run.model, resolve_device(run.device), run.cameras, run.camera_map if camera_map is None else camera_map,
-            dataset_uri, run.fps, run.heldout_fraction, run.seed, partition,
+            dataset_uri, run.fps, run.heldout_fraction, run.seed, partition, evaluation_only=evaluation_only,
         )
         self.policy = models.build_policy(run.model, self.config)
         self.fingerprint = models.frozen_fingerprint(self.policy)
         self._processors: tuple[str, tuple] | None = None
+        self._stats: dict[str, dict[str, Any]] | None = None
 
     def local_stats(self) -> dict[str, list[float]]:
-        return flatten_stats(self.data.meta.stats)
+        """The normalization stats this participant contributes to the federation's. A node with a dataset of its
+        own reports LeRobot's stats of that dataset (free, and what LeRobot and the standalone baseline normalize
+        with); a partition of a shared dataset reports its own training frames' stats, since the dataset's cover
+        the other partitions too and would hide how the nodes' data differ."""
+        from app.data import frame_stats
+
+        if self._stats is None:
+            if self.partition is None:
+                self._stats = self.data.meta.stats
+            else:  # evaluation-only partitions have no training frames: their held-out ones are what they use
+                self._stats = frame_stats(self.data.train if self.data.train is not None else self.data.heldout)
+        return flatten_stats(self._stats)
 
     def processors(self, stats: dict[str, Any]):
         """LeRobot's pre/post-processors for the federation's stats, built once: the stats stay the same for a run
@@ -147,6 +167,9 @@ class Learner:
         from app import model as models
         from app.train import TrainSettings, train
 
+        if self.data.train is None:
+            raise RuntimeError(f"dataset {self.data.ref.uri!r} was loaded for evaluation only (every episode held "
+                               "out): build the Learner without evaluation_only to train on it")
         preprocessor, _ = self._prepare(arrays, stats)
         evaluated = {}
         if evaluate_first:  # on the weights just loaded: evaluation leaves them as they are
@@ -186,15 +209,50 @@ class Learner:
         return {"eval-loss": result.loss, "num-examples": result.samples}
 
 
-def check_node_dataset(dataset_uri: str, model: str, fps: int, cameras: str, camera_map: str) -> DatasetSize:
-    """What an operator's SuperNode checks before it joins: the dataset opens and fits the federation's policy
-    (`cameras` and `camera_map` as in the run-config). Returns its size; raises a UserError naming the problem
-    otherwise."""
+@dataclass(frozen=True)
+class DatasetCheck:
+    """A dataset against the federation's policy settings: how it fits, its size, and whether its frames read."""
+
+    fit: SchemaFit
+    size: DatasetSize
+    frames_problem: str = ""  # why the first frame of its first or last episode cannot be read; "" if it can
+
+    @property
+    def ok(self) -> bool:
+        return self.fit.ok and not self.frames_problem
+
+    def error(self) -> str:
+        return self.fit.error() if not self.fit.ok else self.frames_problem
+
+
+def inspect_dataset(dataset_uri: str, model: str, fps: int, cameras: str, camera_map: str) -> DatasetCheck:
+    """Check a dataset for the policy of `model` with the federation's `fps`, `cameras` and this dataset's
+    `camera_map` (run-config values): every key, the settings that would fix a mismatch, and, if it fits, that its
+    frames decode. Raises a UserError only if the dataset cannot be opened at all."""
     from app import model as models
-    from app.data import open_checked, probe_frames
+    from app.data import open_metadata, probe_frames, resolve_dataset_uri, schema_fit
+    from app.errors import DatasetError
 
     config = models.load_config(model, cameras=parse_cameras(cameras, model))
-    ref, meta = open_checked(dataset_uri, models.policy_schema(config, fps), parse_camera_map(camera_map, model))
-    probe_frames(ref, meta)
-    log.info("node_dataset_ok", dataset=dataset_uri, episodes=meta.total_episodes, frames=meta.total_frames, fps=meta.fps)
-    return DatasetSize(episodes=meta.total_episodes, frames=meta.total_frames)
+    ref = resolve_dataset_uri(dataset_uri)
+    meta = open_metadata(ref)
+    fit = schema_fit(meta, models.policy_schema(config, fps), dataset_uri, parse_camera_map(camera_map, model))
+    problem = ""
+    if fit.ok:
+        try:
+            probe_frames(ref, meta)
+        except DatasetError as exc:
+            problem = str(exc)
+    return DatasetCheck(fit, DatasetSize(meta.total_episodes, meta.total_frames), problem)
+
+
+def check_node_dataset(dataset_uri: str, model: str, fps: int, cameras: str, camera_map: str) -> DatasetSize:
+    """What an operator's SuperNode checks before it joins (`inspect_dataset`, as `fedvla check` does). Returns
+    the dataset's size; raises a DatasetError naming every problem and its fix otherwise."""
+    from app.errors import DatasetError
+
+    check = inspect_dataset(dataset_uri, model, fps, cameras, camera_map)
+    if not check.ok:
+        raise DatasetError(check.error())
+    log.info("node_dataset_ok", dataset=dataset_uri, episodes=check.size.episodes, frames=check.size.frames, fps=fps)
+    return check.size

@@ -264,9 +264,11 @@ def _nan(value: float | None) -> float:
 
 
 def round_summary(server_round: int, lr: float, wall_seconds: float, train_metrics, client_eval, server_eval,
-                  per_node: dict[str, dict], dropped: list[str], server_work: dict[str, float] | None = None) -> dict:
+                  per_node: dict[str, dict], dropped: list[str], server_work: dict[str, float] | None = None,
+                  traffic: dict[str, int] | None = None) -> dict:
     """One round of federated_metrics.json: the averaged metrics, the server's own work in seconds (evaluation,
-    checkpoint) and, per node, loss, samples, compute and bytes."""
+    checkpoint), the model bytes it sent and received in all (`traffic`) and, per node, loss, samples, compute
+    and bytes."""
     nodes = {}
     for name, kinds in per_node.items():
         train, evaluate = kinds.get("train", {}), kinds.get("evaluate", {})
@@ -286,6 +288,8 @@ def round_summary(server_round: int, lr: float, wall_seconds: float, train_metri
         "train-loss": float(train_metrics["train-loss"]),
         "client-eval-loss": float(client_eval["eval-loss"]) if client_eval else None,
         "server-eval-loss": float(server_eval["eval-loss"]) if server_eval else None,
+        "bytes-sent": (traffic or {}).get("bytes-sent", 0),
+        "bytes-received": (traffic or {}).get("bytes-received", 0),
         **(server_work or {}),
         "nodes": nodes,
         "dropped": dropped,

@@ -13,6 +13,7 @@ import functools
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -29,34 +30,47 @@ app = ServerApp()
 REPLY_POLL_SECONDS = 0.25
 
 
-def send_and_receive(grid: Grid, messages: list[Message], timeout: float) -> tuple[list[Message], list[int]]:
-    """`Grid.send_and_receive`, but looking for replies every REPLY_POLL_SECONDS instead of Flower's 3 s, which
-    would add 1.5 s on average to every round of a few seconds. Returns the replies and the ids of the nodes that
-    sent none before `timeout` (a node that is gone replies with an error once Flower's heartbeat notices)."""
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
+                     on_reply: Callable[[Message], None]) -> list[int]:
+    """`Grid.send_and_receive`, but handing each reply to `on_reply` as it arrives (so a round's replies need not
+    all be in memory at once) and looking for replies every REPLY_POLL_SECONDS instead of Flower's 3 s, which would
+    add 1.5 s on average to every round of a few seconds. Returns the ids of the nodes that sent no reply before
+    `timeout` (a node that is gone replies with an error once Flower's heartbeat notices)."""
     started = time.monotonic()
     message_ids = list(grid.push_messages(messages))  # in the order of `messages`; None where a push failed
     unsent = [msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True) if mid is None]
     pending = {mid: msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True) if mid}
-    replies: list[Message] = []
+    received = 0
     while pending and time.monotonic() < started + timeout:
         time.sleep(REPLY_POLL_SECONDS)
         for reply in grid.pull_messages(set(pending)):
-            replies.append(reply)
             pending.pop(reply.metadata.reply_to_message_id, None)
-    log.info("replies_received", sent=len(messages), received=len(replies), seconds=round(time.monotonic() - started, 2))
-    return replies, sorted(unsent + list(pending.values()))
+            received += 1
+            on_reply(reply)
+    log.info("replies_received", sent=len(messages), received=received, seconds=round(time.monotonic() - started, 2))
+    return sorted(unsent + list(pending.values()))
 
 
 def collect_federated_stats(grid: Grid, run: RunConfig, fingerprint: str) -> dict[str, list[float]]:
-    """Ask every node for its state/action stats and merge them: one normalization for the whole federation."""
+    """Ask the connected nodes for their state/action stats and merge them: one normalization for the whole
+    federation. With `stats-fraction` below 1 only a seeded sample of them is asked (at least min-train-nodes): the
+    merged stats are then an estimate from that sample's frames, and the query costs a sample's messages, not one
+    per connected node."""
+    import random
+
     from app.node import federated_stats
 
     from app.strategy import wait_for_nodes
 
-    node_ids = wait_for_nodes(grid, run.min_available_nodes, run.node_wait_timeout)
+    connected = wait_for_nodes(grid, run.min_available_nodes, run.node_wait_timeout)
+    wanted = min(len(connected), max(math.ceil(len(connected) * run.stats_fraction), run.min_train_nodes))
+    node_ids = sorted(random.Random(run.seed).sample(sorted(connected), wanted))
+    if wanted < len(connected):
+        log.info("stats_sampled", asked=wanted, connected=len(connected), stats_fraction=run.stats_fraction)
     content = RecordDict({"config": ConfigRecord({"base-fingerprint": fingerprint})})
     messages = [Message(content=content, dst_node_id=n, message_type=MessageType.QUERY) for n in node_ids]
-    replies, _ = send_and_receive(grid, messages, run.round_timeout)
+    replies: list[Message] = []
+    send_and_receive(grid, messages, run.round_timeout, replies.append)
     good = [r for r in replies if not r.has_error()]
     for reply in replies:
         if reply.has_error():
@@ -129,16 +143,14 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
 
-def evaluate_final_model(grid: Grid, strategy, server_round: int, arrays: ArrayRecord, timeout: float) -> int:
+def evaluate_final_model(grid: Grid, strategy, server_round: int, arrays: ArrayRecord, timeout: float) -> None:
     """Evaluate messages for the run's final global model (no later train message carries it); "final" tells the
-    nodes' warm workers to free the run's policy once they have answered. Returns the bytes sent."""
-    from app import metrics
-
+    nodes' warm workers to free the run's policy once they have answered."""
     messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord({"final": True}), grid)
-    replies, silent = send_and_receive(grid, messages, timeout)
+    replies: list[Message] = []
+    silent = send_and_receive(grid, messages, timeout, replies.append)
     strategy.missing("evaluate", server_round, silent)
     strategy.aggregate_evaluate(server_round, replies)
-    return len(messages) * metrics.arrays_bytes(arrays)
 
 
 def save_round_checkpoint(server, stats: dict, arrays: ArrayRecord, outputs, summary: dict,
@@ -209,7 +221,7 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
     if should_push(run) and not os.environ.get("HF_TOKEN"):
         raise ConfigError(f"hf-repo-id={run.hf_repo_id!r} asks for a Hub push, but HF_TOKEN is not set where the "
                           "ServerApp runs (the SuperLink's environment): set it, or clear hf-repo-id")
-    server = Learner(run, run.server_eval_dataset)  # the global model, and the server's held-out data
+    server = Learner(run, run.server_eval_dataset, evaluation_only=True)  # the global model; all of its eval data
     early_stop = EarlyStop(run.early_stop_patience, run.early_stop_min_delta)
     saved = load_round_state(outputs.root) if run.resume_from == LATEST else None
     if saved is not None:  # an interrupted run of this directory: carry on after its last completed round
@@ -251,7 +263,7 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         return round_summary(
             server_round, run.round_lr(server_round), wall_seconds, train_metrics, strategy.client_eval.get(server_round),
             server_eval, outputs.nodes.labelled(replies.get(server_round, {})), strategy.dropped.get(server_round, []),
-            server_work,
+            server_work, strategy.traffic[server_round],
         )
 
     def complete(summary: dict) -> None:
@@ -267,10 +279,10 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         started = time.perf_counter()
         log.info("round_start", round=server_round, lr=run.round_lr(server_round))
         train_messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-        sent_bytes = len(train_messages) * metrics.arrays_bytes(arrays)
-        train_replies, silent = send_and_receive(grid, train_messages, run.round_timeout)
+        strategy.open_train_round(server_round)
+        silent = send_and_receive(grid, train_messages, run.round_timeout, strategy.receive_train)
         strategy.missing("train", server_round, silent)
-        new_arrays, train_metrics = strategy.aggregate_train(server_round, train_replies)
+        new_arrays, train_metrics = strategy.close_train_round()
         if new_arrays is None:
             raise RuntimeError(f"round {server_round}: fewer than {strategy.replies_needed} usable updates "
                                f"(min-replies={run.min_replies}; aggregation={run.aggregation} needs "
@@ -290,12 +302,12 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         last = stop or server_round == run.num_server_rounds
         if last:  # no next round will carry the final model's evaluation: it gets evaluate messages of its own
             try:
-                sent_bytes += evaluate_final_model(grid, strategy, server_round, arrays, run.round_timeout)
+                evaluate_final_model(grid, strategy, server_round, arrays, run.round_timeout)
             except TimeoutError as exc:  # no node left to ask: the trained model still gets its checkpoint
                 log.error("final_client_eval_skipped", round=server_round, why=str(exc))
         wall_seconds = time.perf_counter() - started
         summary = summarize(server_round, wall_seconds, train_metrics, server_eval, server_work)
-        metrics.record_server_round(run_id, summary, run.num_server_rounds, len(train_messages), sent_bytes)
+        metrics.record_server_round(run_id, summary, run.num_server_rounds, len(train_messages))
         log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
         if should_checkpoint(server_round, run, stop):
             final, server_work["checkpoint-seconds"] = save_round_checkpoint(

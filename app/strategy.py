@@ -5,15 +5,21 @@
 - one message per node per round: a node evaluates the global model it receives before it trains on it, when the
   previous round was an evaluation round (every `eval-frequency` rounds), and reports that loss in its train
   reply; only the final global model needs evaluate messages of its own;
+- the weights travel in the run's `update-encoding` both ways (app.codec): full fp32, or deltas against the
+  global weights the nodes already hold, which this strategy's `Broadcast` keeps track of;
 - replies are checked before they are aggregated: a failed node, a reply larger than `max-update-mb`, arrays
   with unexpected names, shapes or dtypes or non-finite values, or no sample count is dropped and logged;
+- aggregation streams: each reply is folded into a running sample-weighted sum as it arrives and then let go, so
+  the server's memory does not grow with the number of nodes;
 - each node's reply metrics are kept per round for the run report;
 - a round closes with the usable replies it has (a node lost mid-round is left out) if at least `min-replies`;
 - waiting for `min-available-nodes` says which known nodes are missing and gives up after `node-wait-timeout`
   (Flower's own wait has no limit).
-Aggregation itself is Flower's: by default FedProx's sample-weighted average of the trainable arrays; with
-`aggregation` one of Flower's robust strategies (trimmed mean, median, Krum, MultiKrum, Bulyan) combines the
-screened updates instead, while FedVLA still samples, configures (proximal-mu included) and screens.
+By default the result is FedProx's sample-weighted average of the trainable arrays (equal to Flower's batch
+aggregation, up to float rounding); with `aggregation` one of Flower's robust strategies (trimmed mean, median,
+Krum, MultiKrum, Bulyan) combines the screened updates instead. Those need every update at once, so their replies
+are kept, decoded to fp32, until the round closes; FedVLA still samples, configures (proximal-mu included) and
+screens.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from app import codec
 from app.config import RunConfig
 from app.data import public_name
 from app.node import RECEIVED_EVAL_EXAMPLES, RECEIVED_EVAL_LOSS
@@ -58,15 +66,20 @@ def node_report(msg: Message) -> NodeReport:
 
 @dataclass(frozen=True)
 class ExpectedUpdate:
-    """What a usable train reply carries: exactly the global model's trainable arrays (name -> shape, dtype), in at
-    most `max_bytes` (0: no cap)."""
+    """What a usable train reply carries: the global model's trainable arrays (`layout`: name -> shape, dtype) in
+    the run's update `encoding`, in at most `max_bytes` (0: no cap)."""
 
-    arrays: dict[str, tuple[tuple[int, ...], str]]
+    layout: codec.Layout
     max_bytes: int = 0
+    encoding: str = codec.FP32
 
     @classmethod
-    def like(cls, arrays: ArrayRecord, max_mb: float = 0.0) -> ExpectedUpdate:
-        return cls({name: (tuple(a.shape), a.dtype) for name, a in arrays.items()}, int(max_mb * 1e6))
+    def like(cls, arrays: ArrayRecord, max_mb: float = 0.0, encoding: str = codec.FP32) -> ExpectedUpdate:
+        return cls({name: (tuple(a.shape), a.dtype) for name, a in arrays.items()}, int(max_mb * 1e6), encoding)
+
+    @property
+    def wire(self) -> codec.Layout:
+        return codec.wire_layout(self.encoding, self.layout)
 
 
 def _layout_problem(name: str, dtype: str, shape, expected: tuple[tuple[int, ...], str], verb: str) -> str | None:
@@ -92,24 +105,54 @@ def reply_problem(msg: Message, expected: ExpectedUpdate | None) -> str | None:
         return "reply must carry exactly one ArrayRecord, 'arrays'"
     if expected.max_bytes and (size := arrays.count_bytes()) > expected.max_bytes:
         return f"update is {size / 1e6:.3g} MB, above max-update-mb={expected.max_bytes / 1e6:g}"
-    if set(arrays.keys()) != expected.arrays.keys():
-        unexpected = sorted(set(arrays.keys()) - expected.arrays.keys())[:3]
-        missing = sorted(expected.arrays.keys() - set(arrays.keys()))[:3]
-        return f"reply arrays do not match the model's trainable parameters: unexpected {unexpected}, missing {missing}"
+    wire = expected.wire
+    if set(arrays.keys()) != wire.keys():
+        unexpected = sorted(set(arrays.keys()) - wire.keys())[:3]
+        missing = sorted(wire.keys() - set(arrays.keys()))[:3]
+        return (f"reply arrays do not match the model's trainable parameters: unexpected {unexpected}, missing "
+                f"{missing} (update-encoding={expected.encoding})")
     for name, array in arrays.items():
-        if problem := _layout_problem(name, array.dtype, array.shape, expected.arrays[name], "is"):
+        if problem := _layout_problem(name, array.dtype, array.shape, wire[name], "is"):
             return problem
     for name, array in arrays.items():
         try:
-            values = array.numpy()
+            values = codec.view(array)
         except (TypeError, ValueError) as exc:
             return f"array {name!r} cannot be decoded: {exc}"
         # the bytes may disagree with the shape and dtype the reply declares
-        if problem := _layout_problem(name, str(values.dtype), values.shape, expected.arrays[name], "holds"):
+        if problem := _layout_problem(name, str(values.dtype), values.shape, wire[name], "holds"):
             return problem
-        if not np.isfinite(values).all():
+    for name, values in codec.decoded(expected.encoding, arrays, expected.layout):
+        if not np.isfinite(np.sum(values, dtype=np.float64)):  # a NaN or inf anywhere makes the sum one
             return f"array {name!r} holds NaN or inf"
     return None
+
+
+class WeightedMean:
+    """The sample-weighted mean of updates folded in one at a time: one model's worth of memory, whatever the
+    number of nodes."""
+
+    CHUNK = 1 << 16  # values scaled at a time: the fold's scratch memory stays at 256 kB
+
+    def __init__(self) -> None:
+        self.sums: dict[str, np.ndarray] = {}
+        self.weight = 0.0
+
+    def add(self, arrays: Iterable[tuple[str, np.ndarray]], weight: float) -> None:
+        w = np.float32(weight)
+        for name, values in arrays:
+            if name not in self.sums:
+                self.sums[name] = np.zeros(values.shape, dtype=np.float32)
+            total, values = self.sums[name].reshape(-1), values.reshape(-1)
+            for start in range(0, values.size, self.CHUNK):
+                total[start:start + self.CHUNK] += values[start:start + self.CHUNK] * w
+        self.weight += weight
+
+    def result(self) -> ArrayRecord:
+        record = ArrayRecord()
+        for name in list(self.sums):  # each sum is let go once it is in the record
+            record[name] = Array(self.sums.pop(name) / np.float32(self.weight))
+        return record
 
 
 def aggregator(run: RunConfig) -> FedAvg:
@@ -160,16 +203,15 @@ class FedVLA(FedProx):
     ):
         super().__init__(
             fraction_train=run.fraction_train,
-            fraction_evaluate=1.0,
             min_train_nodes=run.min_train_nodes,
-            min_evaluate_nodes=run.min_train_nodes,
             min_available_nodes=run.min_available_nodes,
             proximal_mu=run.proximal_mu,
         )
         self.run = run
         self.base_fingerprint = base_fingerprint
         self.norm_stats = ConfigRecord(norm_stats)
-        self.expected = ExpectedUpdate.like(global_arrays, run.max_update_mb)
+        self.expected = ExpectedUpdate.like(global_arrays, run.max_update_mb, run.update_encoding)
+        self.broadcast = codec.Broadcast(run.update_encoding)
         self.aggregator = aggregator(run)
         # A round needs min-replies usable updates, and as many as the aggregation needs to outvote hostile ones.
         self.replies_needed = max(run.min_replies, run.updates_needed)
@@ -177,20 +219,30 @@ class FedVLA(FedProx):
         self.dropped: dict[int, list[str]] = defaultdict(list)
         self.client_eval: dict[int, dict[str, float]] = {}  # round -> held-out loss of that round's global model
         self.names: dict[int, str] = {}  # node id -> the name its replies give
+        self.traffic: dict[int, dict[str, int]] = defaultdict(lambda: {"bytes-sent": 0, "bytes-received": 0})
+        self._round: _TrainRound | None = None
 
-    def _with_shared_records(self, messages: Iterable[Message]) -> list[Message]:
-        messages = list(messages)
-        for msg in messages:  # all messages of a round share one RecordDict; setting it once is enough
-            msg.content["norm-stats"] = self.norm_stats
-            msg.content["config"]["base-fingerprint"] = self.base_fingerprint
-        return messages
+    def _messages(self, server_round: int, arrays: ArrayRecord, global_round: int, node_ids: list[int],
+                  config: ConfigRecord, message_type: str) -> list[Message]:
+        """One message per node carrying the global model after `global_round`, in the run's encoding: a node
+        holding the previous global weights gets a delta, any other full weights."""
+        config = {**config, "server-round": server_round, "base-fingerprint": self.base_fingerprint}
+        weights = {name: codec.view(array) for name, array in arrays.items()}  # no copy: the record stays alive
+        contents, sent = self.broadcast.send(weights, global_round, node_ids, config)
+        self.traffic[server_round]["bytes-sent"] += sent
+        for content in {id(c): c for c in contents.values()}.values():  # nodes share the delta and the full one
+            content["norm-stats"] = self.norm_stats
+        return [Message(content=contents[n], message_type=message_type, dst_node_id=n) for n in node_ids]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         wait_for_nodes(grid, self.run.min_available_nodes, self.run.node_wait_timeout, self.names)
+        sample_size = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
+        node_ids, _ = sample_nodes(grid, self.min_available_nodes, sample_size)
+        config["proximal-mu"] = self.proximal_mu
         config["lr"] = self.run.round_lr(server_round)
         # The arrays sent are the global model after the previous round: evaluate it on the way, if that was due.
         config["evaluate-received"] = server_round > 1 and self.is_eval_round(server_round - 1)
-        return self._with_shared_records(super().configure_train(server_round, arrays, config, grid))
+        return self._messages(server_round, arrays, server_round - 1, node_ids, config, MessageType.TRAIN)
 
     def is_eval_round(self, server_round: int) -> bool:
         return server_round % self.run.eval_frequency == 0 or server_round == self.run.num_server_rounds
@@ -201,25 +253,19 @@ class FedVLA(FedProx):
         if not self.is_eval_round(server_round):
             return []
         node_ids = wait_for_nodes(grid, 1, self.run.node_wait_timeout, self.names)
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._with_shared_records(self._construct_messages(record, node_ids, MessageType.EVALUATE))
+        return self._messages(server_round, arrays, server_round, node_ids, config, MessageType.EVALUATE)
 
-    def _screen(self, kind: str, server_round: int, replies: Iterable[Message],
-                expected: ExpectedUpdate | None) -> list[Message]:
-        good, reports = [], []
-        for msg in replies:
-            problem = reply_problem(msg, expected)
-            if problem is None:
-                good.append(msg)
-                reports.append(node_report(msg))
-                self.names[msg.metadata.src_node_id] = reports[-1].name
-            else:
-                self.dropped[server_round].append(f"{kind} node {msg.metadata.src_node_id}: {problem}")
-                log.warning("reply_dropped", kind=kind, round=server_round, node_id=msg.metadata.src_node_id, why=problem)
-        if self.on_replies is not None:
-            self.on_replies(kind, server_round, reports)
-        return good
+    def _screen(self, kind: str, server_round: int, reply: Message, expected: ExpectedUpdate | None) -> NodeReport | None:
+        """The reply's report if it is usable; else None, with the reason logged and kept for the run report."""
+        problem = reply_problem(reply, expected)
+        if problem is not None:
+            self.dropped[server_round].append(f"{kind} node {reply.metadata.src_node_id}: {problem}")
+            log.warning("reply_dropped", kind=kind, round=server_round, node_id=reply.metadata.src_node_id, why=problem)
+            return None
+        report = node_report(reply)
+        self.names[reply.metadata.src_node_id] = report.name
+        self.broadcast.received(reply.metadata.src_node_id)  # it decoded what it was sent: it holds the reference
+        return report
 
     def missing(self, kind: str, server_round: int, node_ids: Iterable[int]) -> None:
         """Nodes sent a message that did not reply before the round's deadline: left out, and said so."""
@@ -229,16 +275,49 @@ class FedVLA(FedProx):
             log.warning("reply_missing", kind=kind, round=server_round, node_id=node_id, node=name,
                         round_timeout=self.run.round_timeout)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        good = self._screen("train", server_round, replies, self.expected)
-        if len(good) < self.replies_needed:
+    def open_train_round(self, server_round: int) -> None:
+        """Start taking `server_round`'s train replies, one at a time as they arrive (`receive_train`)."""
+        self._round = _TrainRound(server_round, WeightedMean() if self.run.aggregation == "fedprox" else None)
+
+    def receive_train(self, reply: Message) -> None:
+        """Screen one train reply and fold it in (or, for a robust aggregation, keep it decoded). The caller can
+        let the reply go afterwards."""
+        current = self._round
+        if not reply.has_error() and "arrays" in reply.content.array_records:
+            self.traffic[current.server_round]["bytes-received"] += codec.arrays_bytes(reply.content["arrays"])
+        report = self._screen("train", current.server_round, reply, self.expected)
+        if report is None:
+            return
+        current.reports.append(report)
+        current.metrics.append(RecordDict({"metrics": next(iter(reply.content.metric_records.values()))}))
+        update = self.broadcast.rebuild(reply.content["arrays"], self.expected.layout)
+        if current.mean is not None:
+            current.mean.add(update, float(report.metrics["num-examples"]))
+        else:
+            reply.content["arrays"] = codec.encode(codec.FP32, dict(update))
+            current.kept.append(reply)
+
+    def close_train_round(self) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round's new global arrays and train metrics, or (None, None) without enough usable replies."""
+        current, self._round = self._round, None
+        if self.on_replies is not None:
+            self.on_replies("train", current.server_round, current.reports)
+        if len(current.reports) < self.replies_needed:
             return None, None
-        self._received_eval(server_round - 1, [node_report(msg) for msg in good])
-        # The round's train loss is every usable node's, whichever updates the aggregation keeps (Krum keeps one);
-        # taken first, as Flower's robust strategies consume the replies' arrays.
-        metrics = self.train_metrics_aggr_fn([msg.content for msg in good], self.weighted_by_key)
-        arrays, _ = self.aggregator.aggregate_train(server_round, good)
+        self._received_eval(current.server_round - 1, current.reports)
+        # The round's train loss is every usable node's, whichever updates the aggregation keeps (Krum keeps one).
+        metrics = self.train_metrics_aggr_fn(current.metrics, self.weighted_by_key)
+        if current.mean is not None:
+            return current.mean.result(), metrics
+        arrays, _ = self.aggregator.aggregate_train(current.server_round, current.kept)
         return arrays, metrics
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        """Flower's batch interface to the same: all of a round's replies at once."""
+        self.open_train_round(server_round)
+        for reply in replies:
+            self.receive_train(reply)
+        return self.close_train_round()
 
     def _received_eval(self, evaluated_round: int, reports: list[NodeReport]) -> None:
         """The nodes' held-out loss of round `evaluated_round`'s global model, from train replies that carry it:
@@ -257,8 +336,26 @@ class FedVLA(FedProx):
             self.on_replies("evaluate", evaluated_round, evaluated)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        good = self._screen("evaluate", server_round, replies, None)
+        good, reports = [], []
+        for reply in replies:
+            if (report := self._screen("evaluate", server_round, reply, None)) is not None:
+                good.append(reply)
+                reports.append(report)
+        if self.on_replies is not None:
+            self.on_replies("evaluate", server_round, reports)
         if not good:
             return None
         self.client_eval[server_round] = dict(super().aggregate_evaluate(server_round, good))
         return self.client_eval[server_round]
+
+
+@dataclass
+class _TrainRound:
+    """What a round keeps of its train replies while they arrive: a running mean (or, for a robust aggregation,
+    the decoded replies), and the small things: reports and metrics."""
+
+    server_round: int
+    mean: WeightedMean | None
+    kept: list[Message] = field(default_factory=list)
+    reports: list[NodeReport] = field(default_factory=list)
+    metrics: list[RecordDict] = field(default_factory=list)

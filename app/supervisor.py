@@ -1,10 +1,12 @@
 """Keeps a container's (or an operator's) processes running: the main process, whose exit ends everything and
 whose exit code is returned, and optionally a companion that is restarted whenever it dies (the node's warm
-worker beside flower-supernode). SIGTERM and SIGINT go to both, so `docker stop` and Ctrl-C stop cleanly.
+worker beside flower-supernode). SIGTERM and SIGINT go to both, so `docker stop` and Ctrl-C stop cleanly. Given a
+log file, the main process's whole output goes there and the console gets only the lines worth an operator's eyes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
@@ -12,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from app.telemetry import get_logger
 
@@ -45,6 +48,10 @@ class Companion:
         code = self.process.poll()
         if code is None:
             return
+        if self.stopping:  # it was asked to: nothing went wrong
+            log.info("companion_stopped", name=self.name, code=code)
+            self.process = None
+            return
         lived = now - self.started_at
         if lived > HEALTHY_AFTER_SECONDS:
             self.backoff = 1.0
@@ -71,23 +78,39 @@ class Companion:
 
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# What a console needs from a child: our processes' log lines (each already shows only what matters at its level)
+# and Flower's warnings and errors. Flower's and uvicorn's INFO lines, prints and C libraries' chatter are left to
+# the log file.
+WORTH_SHOWING = re.compile(r"\S+ \[(debug|info|warning|error|critical) *\] |(WARNING|ERROR|CRITICAL) *:")
 
 
-def _pass_through(stream, watch: Callable[[str], None]) -> None:
-    """Copy the child's output to ours unchanged, and hand each line, without colour codes, to `watch`."""
-    for raw in iter(stream.readline, b""):
-        sys.stdout.buffer.write(raw)
-        sys.stdout.buffer.flush()
-        watch(ANSI_ESCAPE.sub("", raw.decode(errors="replace")).rstrip())
+def _pass_through(stream, watch: Callable[[str], None] | None, log_file: Path | None) -> None:
+    """Copy the child's output: all of it to `log_file` and the lines worth showing to ours, unchanged (without a
+    log file, all of it to ours); hand each line, without colour codes, to `watch`."""
+    with open(log_file, "ab") if log_file else contextlib.nullcontext() as sink:
+        for raw in iter(stream.readline, b""):
+            line = ANSI_ESCAPE.sub("", raw.decode(errors="replace")).rstrip()
+            if sink is not None:
+                sink.write(raw)
+                sink.flush()
+            if sink is None or WORTH_SHOWING.match(line):
+                sys.stdout.buffer.write(raw)
+                sys.stdout.buffer.flush()
+            if watch is not None:
+                watch(line)
 
 
 def run(command: Sequence[str], env: Mapping[str, str], role: str = "", helper: Companion | None = None,
-        watch: Callable[[str], None] | None = None) -> int:
+        watch: Callable[[str], None] | None = None, log_file: Path | None = None) -> int:
     """Run `command` to its end (with `helper`, already started, kept alive beside it); returns its exit code,
-    128 + N when killed by signal N, as a shell reports it. `watch` sees every line the command writes."""
-    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if watch else {}
+    128 + N when killed by signal N, as a shell reports it. `watch` sees every line the command writes; with
+    `log_file`, every line goes there (appended) and only those `WORTH_SHOWING` to the console."""
+    piped = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT} if watch or log_file else {}
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
     child = subprocess.Popen(list(command), env=dict(env), **piped)
-    reader = threading.Thread(target=_pass_through, args=(child.stdout, watch), daemon=True) if watch else None
+    reader = (threading.Thread(target=_pass_through, args=(child.stdout, watch, log_file), daemon=True)
+              if piped else None)
     if reader is not None:
         reader.start()
 

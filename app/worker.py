@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from app import channel
 from app import metrics as node_metrics
@@ -35,7 +35,7 @@ from app.checkpoint import write_json_atomic
 from app.config import NodeConfig, RunConfig, fedvla_home
 from app.errors import DatasetError, ModelError, UserError
 from app.supervisor import Companion
-from app.telemetry import configure_logging, get_logger
+from app.telemetry import configure_logging, get_logger, output_to
 
 log = get_logger(__name__)
 TRAIN, EVALUATE, QUERY = "train", "evaluate", "query"
@@ -56,25 +56,27 @@ class Learners:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.held: OrderedDict[tuple, object] = OrderedDict()
+        self.states: dict[tuple, RecordDict] = {}  # what a node keeps between a run's messages (app.codec)
         self.built = 0
 
     def get(self, run_id: int, run: RunConfig, node: NodeConfig):
+        """The Learner for this run and node, and the RecordDict the node keeps between the run's messages."""
         from app.node import Learner, node_dataset_uri
 
         uri, partition = node_dataset_uri(run, node)
         key = (run_id, run, uri, partition, node.camera_map)
         if key in self.held:
             self.held.move_to_end(key)
-            return self.held[key]
+            return self.held[key], self.states[key]
         while len(self.held) >= self.capacity:
             self._drop(next(iter(self.held)))
         started = time.perf_counter()
         learner = Learner(run, uri, partition, node.camera_map)
-        self.held[key] = learner
+        self.held[key], self.states[key] = learner, RecordDict()
         self.built += 1
         log.info("learner_ready", run_id=run_id, dataset=uri, partition=partition,
                  seconds=round(time.perf_counter() - started, 2))
-        return learner
+        return learner, self.states[key]
 
     def release(self, run_id: int | None = None) -> None:
         """Free the policies of `run_id` (all when None): memory goes back when a run ends."""
@@ -82,7 +84,7 @@ class Learners:
             self._drop(key)
 
     def _drop(self, key: tuple) -> None:
-        del self.held[key]
+        del self.held[key], self.states[key]
         gc.collect()
         if "torch" in sys.modules:
             import torch
@@ -96,13 +98,20 @@ IN_PROCESS = Learners(capacity=2)  # a simulation worker serves several virtual 
 
 
 def perform(op: str, run_id: int, run_config: dict, node_config: dict, content: RecordDict,
-            learners: Learners = IN_PROCESS, on_step: Callable[[int, float], None] | None = None) -> RecordDict:
-    """One message's work on this node's data: train, evaluate or report stats. Returns the reply's content."""
+            learners: Learners = IN_PROCESS, on_step: Callable[[int, float], None] | None = None,
+            state: RecordDict | None = None) -> RecordDict:
+    """One message's work on this node's data: train, evaluate or report stats. Returns the reply's content.
+    `state` is what the node keeps between the run's messages: the ClientApp's context.state in a simulation (whose
+    messages may reach any of its workers), else the one the learners keep beside the run's Learner."""
+    import torch
+
+    from app.codec import NodeCodec
     from app.node import RECEIVED_EVAL_LOSS
 
     node = NodeConfig.from_mapping(node_config)
     run = RunConfig.from_mapping(run_config)
-    learner = learners.get(run_id, run, node)
+    learner, kept = learners.get(run_id, run, node)
+    codec = NodeCodec(kept if state is None else state)
     config = content["config"]
     expected = config.get("base-fingerprint")
     if expected is not None and expected != learner.fingerprint:
@@ -119,20 +128,22 @@ def perform(op: str, run_id: int, run_config: dict, node_config: dict, content: 
         return reply
 
     received = content["arrays"]
+    global_weights = codec.receive(content)
+    weights = {name: torch.from_numpy(values) for name, values in global_weights.items()}
     stats = dict(content["norm-stats"])
     server_round = int(config["server-round"])
     if op == EVALUATE:
-        metrics = learner.evaluate(received.to_torch_state_dict(), stats)
+        metrics = learner.evaluate(weights, stats)
         log.info("round_evaluated", node=name, round=server_round, **metrics)
         node_metrics.record_node_eval(run_id, name, metrics["eval-loss"], node_metrics.arrays_bytes(received))
         reply["metrics"] = MetricRecord(metrics)
         return reply
 
-    result = learner.train_round(received.to_torch_state_dict(), stats, float(config["lr"]), server_round,
+    result = learner.train_round(weights, stats, float(config["lr"]), server_round,
                                  evaluate_first=bool(config.get("evaluate-received", False)), on_step=on_step)
     if RECEIVED_EVAL_LOSS in result.metrics:
         node_metrics.record_node_eval(run_id, name, result.metrics[RECEIVED_EVAL_LOSS], 0)
-    arrays = ArrayRecord(result.arrays)
+    arrays = codec.send(run.update_encoding, {k: v.numpy() for k, v in result.arrays.items()}, global_weights)
     metrics = {**result.metrics, "bytes-received": node_metrics.arrays_bytes(received),
                "bytes-sent": node_metrics.arrays_bytes(arrays)}
     log.info("round_trained", node=name, round=server_round, **metrics)
@@ -152,9 +163,11 @@ class Worker:
     """Serves a node's ClientApps on a Unix socket, one message at a time (one policy, one device), keeping the
     run's Learner between messages. Each connection gets heartbeat frames while its message waits or runs."""
 
-    def __init__(self, socket_path: Path, name: str, idle_release_seconds: float):
+    def __init__(self, socket_path: Path, name: str, idle_release_seconds: float, checked: dict | None = None):
         self.socket_path, self.name = socket_path, name
         self.idle_release_seconds = idle_release_seconds
+        self.checked = checked or {}  # the run-config settings the node's dataset was checked for at start
+        self.runs_seen: set[int] = set()
         self.learners = Learners(capacity=1)  # one policy per run in memory
         self.busy = threading.Lock()
         self.progress = 0  # bumped by every training step: the ClientApp's stall detector watches it
@@ -208,6 +221,9 @@ class Worker:
 
         op, run_id, run_config, node_config = (header[k] for k in REQUEST_KEYS)
         self.last_active = time.monotonic()
+        if run_id not in self.runs_seen:
+            self.runs_seen.add(run_id)
+            self._compare_settings(run_id, RunConfig.from_mapping(run_config))
         started = time.perf_counter()
         content = recorddict_from_proto(ProtoRecordDict.FromString(payload))
         built = self.learners.built
@@ -219,6 +235,17 @@ class Worker:
             self.learners.release(run_id)
         self.last_active = time.monotonic()
         return recorddict_to_proto(reply).SerializeToString()
+
+    def _compare_settings(self, run_id: int, run: RunConfig) -> None:
+        """A run whose model, fps or cameras differ from those the dataset was checked for at start: say so. The
+        run's Learner checks the dataset again, with the same check, for the run's own settings."""
+        differ = {key: {"checked": self.checked[key], "run": value}
+                  for key, value in (("model", run.model), ("fps", run.fps), ("cameras", run.cameras))
+                  if key in self.checked and str(self.checked[key]) != str(value)}
+        if differ:
+            log.warning("run_settings_differ", run_id=run_id, settings=differ,
+                        fix="start `fedvla node` with the federation's --model/--fps/--cameras; the dataset is "
+                            "checked again for this run's settings")
 
     def _step(self, _step: int, _loss: float) -> None:
         self.progress += 1
@@ -274,7 +301,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-release-seconds", type=float, default=900.0,
                         help="free the policy after this long without a message (default 900)")
     args = parser.parse_args(argv)
-    configure_logging(log_file=node_log_dir(NodeConfig(name=args.name, dataset_uri="-")) / "worker.log")
+    logs = node_log_dir(NodeConfig(name=args.name, dataset_uri="-"))
+    configure_logging(log_file=logs / "worker.log")
+    # LeRobot and transformers print as they build a policy: to the log, while this worker's own lines show
+    with output_to(logs / "worker-output.log"):
+        return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
     seconds = warm_imports()
     from app.node import check_node_dataset
 
@@ -286,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     node_metrics.record_worker_start(args.name, size.episodes, size.frames)
     log.info("worker_started", pid=os.getpid(), name=args.name, import_seconds=round(seconds, 2))
-    Worker(args.socket, args.name, args.idle_release_seconds).serve_forever()
+    checked = {"model": args.model, "fps": args.fps, "cameras": args.cameras}
+    Worker(args.socket, args.name, args.idle_release_seconds, checked).serve_forever()
     return 0
 
 

@@ -89,3 +89,51 @@ def test_log_level_in_any_case():
 
 def test_a_malformed_run_config_is_one_line():
     assert_one_line_error(fedvla("demo", "--run-config", "lr=0.1 name=unquoted words"), "is not 'key=value ...'")
+
+
+def test_the_demo_shows_a_line_per_round_and_problems_in_one_line_each():
+    from app.cli import server_event_line
+
+    done = {"event": "round_done", "round": 2, "wall-seconds": 26.9, "train-loss": 0.97946, "server-eval-loss": 2.1}
+    assert server_event_line(done, rounds=3) == ("[bold]round 2/3 done[/bold] in 27 s: train loss 0.9795, "
+                                                 "server eval loss 2.1000")
+    for covered_by_the_table in ("round_start", "checkpoint_saved", "run_done"):
+        assert server_event_line({"event": covered_by_the_table, "round": 1}, rounds=3) is None
+    dropped = {"event": "reply_dropped", "kind": "train", "round": 2, "node_id": 7, "why": "norm [too large]"}
+    assert server_event_line(dropped, rounds=3).endswith(r"norm \[too large]")  # free text is not rich markup
+    failed = {"event": "run_failed", "outputs": "/out/run", "exception": [
+        {"exc_type": "ValueError", "exc_value": "bad update"}, {"exc_type": "KeyError", "exc_value": "'x'"}]}
+    line = server_event_line(failed, rounds=3)
+    assert "\n" not in line and "ValueError: bad update" in line and "/out/run/run.log" in line
+
+
+def test_check_says_what_fits_what_does_not_and_the_camera_map_that_fixes_it(tmp_path):
+    import json
+
+    root = write_dataset_with(tmp_path / "ds", rename={"front": "top"}, fps=15)
+    settings = ("--model", "embedded:tiny", "--cameras", "", "--camera-map", "")
+    result = fedvla("check", str(root), *settings)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert "ok  'action' has shape (6,)" in result.stdout
+    assert "no  no camera 'observation.images.front' (it has ['top', 'wrist'])" in result.stdout
+    assert "fix: --camera-map top=front" in result.stdout
+    assert "fix: the federation's fps=15" in result.stdout
+    assert result.stdout.rstrip().endswith("does not fit")
+    report = json.loads(fedvla("check", str(root), *settings, "--json").stdout)
+    assert report["ok"] is False and report["fit"]["camera_map"] == "top=front" and report["fit"]["fps"] == 15
+    fixed = fedvla("check", str(root), "--model", "embedded:tiny", "--cameras", "", "--camera-map", "top=front",
+                   "--fps", "15")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr[-2000:]
+    assert "first and last episodes decode" in fixed.stdout and fixed.stdout.rstrip().endswith("fits")
+
+
+def test_status_of_an_unreachable_superlink_exits_1_with_flowers_reason(tmp_path):
+    import os
+
+    (tmp_path / "config.toml").write_text('[superlink]\ndefault = "remote"\n\n[superlink.remote]\n'
+                                          'address = "127.0.0.1:1"\ninsecure = true\n')
+    result = subprocess.run([sys.executable, "-m", "app.cli", "status"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "FLWR_HOME": str(tmp_path)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "unreachable" in result.stdout and "Connection to the SuperLink is unavailable" in result.stdout

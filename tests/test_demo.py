@@ -18,3 +18,24 @@ def test_progress_follows_the_server_log_line_by_line(tmp_path):
     progress.poll()
     assert [r["event"] for r in seen] == ["round_start", "round_done"]
     assert find_run_dir(tmp_path, 7) == run_dir
+
+
+def test_writing_an_embedded_artifact_keeps_its_chatter_in_the_embedded_log(tmp_path, monkeypatch, capfd):
+    import os
+
+    from app import embedded
+
+    monkeypatch.setenv("FEDVLA_HOME", str(tmp_path / "home"))
+
+    def build(out):
+        os.write(2, b"Svt[info]: SVT [version]: SVT-AV1 Encoder Lib\n")
+        os.write(1, b"Reducing the number of VLM layers to 4 ...\n")
+        out.mkdir()
+
+    target = embedded._materialize(tmp_path / "artifact", build)
+    assert target.is_dir()
+    captured = capfd.readouterr()
+    assert "Svt" not in captured.err and "Reducing" not in captured.out
+    assert embedded.output_log() == tmp_path / "home" / "logs" / "embedded.log"
+    assert embedded.output_log().read_text().splitlines() == ["Svt[info]: SVT [version]: SVT-AV1 Encoder Lib",
+                                                              "Reducing the number of VLM layers to 4 ..."]

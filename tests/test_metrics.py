@@ -15,7 +15,8 @@ from app.exporter import build_registry
 REPO = Path(__file__).resolve().parents[1]
 
 SUMMARY = {
-    "round": 2, "wall-seconds": 12.5, "train-loss": 0.8, "server-eval-loss": 1.7,
+    "round": 2, "wall-seconds": 12.5, "train-loss": 0.8, "server-eval-loss": 1.7, "bytes-sent": 6000,
+    "bytes-received": 2000,
     "nodes": {"a": {"samples": 480, "bytes-sent": 1000}, "b": {"samples": 480, "bytes-sent": 1000}},
     "dropped": ["train node 3: reply has no positive num-examples"],
 }
@@ -25,7 +26,7 @@ TRAIN_REPLY = {"train-loss": 0.9, "steps": 60, "num-examples": 480, "compute-sec
 
 def test_server_round_sets_every_round_metric():
     metrics.record_server_start(901, planned=3, initial_eval_loss=2.5, first_round=1)
-    metrics.record_server_round(901, SUMMARY, planned=3, sampled=3, sent_bytes=6000)
+    metrics.record_server_round(901, SUMMARY, planned=3, sampled=3)
     metrics.record_checkpoint(901, 2, 0.25)
     value = lambda name, **labels: REGISTRY.get_sample_value(name, {"run_id": "901", **labels})  # noqa: E731
     assert value("fedvla_server_round") == 2

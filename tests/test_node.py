@@ -41,3 +41,68 @@ def test_federated_stats_equal_the_stats_of_the_pooled_data():
 )
 def test_where_a_node_gets_its_data(run, node, expected):
     assert node_dataset_uri(RunConfig.from_mapping(run), NodeConfig.from_mapping(node)) == expected
+
+
+FAMILIES = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]  # 12 episodes, four task families, each three times
+
+
+@pytest.fixture(scope="module")
+def shared_dataset(tmp_path_factory):
+    """A small multi-task dataset to partition among simulated nodes (PNG frames: quicker than video)."""
+    from app.embedded.datasets import write_dataset
+
+    root = tmp_path_factory.mktemp("shared") / "ds"
+    return write_dataset(root, "test/shared", FAMILIES, num_episodes=len(FAMILIES), frames_per_episode=4, seed=1,
+                         use_videos=False)
+
+
+def _run(**overrides) -> RunConfig:
+    return RunConfig.from_mapping({"model": "embedded:tiny", "device": "cpu", "seed": 0, **overrides})
+
+
+def _parquet_frames(root, episodes: list[int]) -> dict[str, np.ndarray]:
+    """The dataset's frames of `episodes`, read with pandas: an account independent of LeRobot's loader."""
+    import pandas as pd
+
+    frames = pd.concat(pd.read_parquet(p) for p in sorted((root / "data").glob("*/*.parquet")))
+    frames = frames[frames["episode_index"].isin(episodes)]
+    return {key: np.stack(frames[key].to_numpy()).astype(np.float64) for key in ("observation.state", "action")}
+
+
+def test_a_partition_reports_the_stats_of_its_own_training_frames(shared_dataset):
+    from app.node import Learner
+
+    learner = Learner(_run(**{"partition-dataset": str(shared_dataset)}), str(shared_dataset), partition=(1, 2))
+    assert set(learner.data.train_episodes + learner.data.heldout_episodes) == set(range(1, len(FAMILIES), 2))
+    stats = unflatten_stats(learner.local_stats())
+    frames = _parquet_frames(shared_dataset, learner.data.train_episodes)
+    for key, values in frames.items():
+        np.testing.assert_allclose(stats[key]["mean"], values.mean(0), rtol=1e-9)
+        np.testing.assert_allclose(stats[key]["std"], values.std(0), rtol=1e-6)
+        np.testing.assert_allclose(stats[key]["min"], values.min(0))
+        np.testing.assert_allclose(stats[key]["max"], values.max(0))
+        assert stats[key]["count"].tolist() == [len(values)]
+    whole = unflatten_stats(flatten_stats(learner.data.meta.stats))
+    assert whole["action"]["count"].tolist() == [4 * len(FAMILIES)]
+    assert not np.allclose(stats["action"]["mean"], whole["action"]["mean"])
+
+
+def test_a_node_with_its_own_dataset_reports_lerobots_stats_of_it(shared_dataset):
+    from app.node import Learner
+
+    learner = Learner(_run(), str(shared_dataset))
+    assert learner.local_stats() == flatten_stats(learner.data.meta.stats)
+
+
+def test_the_servers_learner_evaluates_on_every_episode_and_never_trains(shared_dataset):
+    from app import model
+    from app.node import Learner
+
+    server = Learner(_run(), str(shared_dataset), evaluation_only=True)
+    assert server.data.train is None
+    assert server.data.heldout_episodes == list(range(len(FAMILIES)))
+    assert len(server.data.heldout) == 4 * len(FAMILIES)
+    assert server.local_stats() == flatten_stats(server.data.meta.stats)
+    assert server.evaluate(model.trainable_state(server.policy), server.local_stats())["num-examples"] == 48
+    with pytest.raises(RuntimeError, match="evaluation only"):
+        server.train_round({}, server.local_stats(), 1e-3, 1)

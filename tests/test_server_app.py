@@ -112,7 +112,7 @@ class SlowGrid:
                 if msg.metadata.dst_node_id == 1 and msg.metadata.message_id in message_ids]
 
 
-def test_send_and_receive_returns_what_came_back_by_the_deadline_and_who_was_silent():
+def test_send_and_receive_hands_over_what_came_back_by_the_deadline_and_returns_who_was_silent():
     from flwr.app import Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -121,7 +121,8 @@ def test_send_and_receive_returns_what_came_back_by_the_deadline_and_who_was_sil
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     try:
         messages = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in (1, 2)]
-        replies, silent = send_and_receive(SlowGrid(), messages, timeout=0.6)
+        replies = []
+        silent = send_and_receive(SlowGrid(), messages, timeout=0.6, on_reply=replies.append)
     finally:
         TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = None
     assert len(replies) == 1 and silent == [2]

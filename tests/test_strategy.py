@@ -253,3 +253,60 @@ def test_a_dataset_reported_as_a_local_path_is_kept_by_its_directory_name_only()
     reply = train_reply(5, 1.0, 10)
     reply.content["node"]["dataset"] = "/home/alice/robot/so100_kitchen"
     assert node_report(reply).dataset == "local:so100_kitchen"
+
+
+def test_streaming_aggregation_equals_flowers_batch_aggregation():
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    rng = np.random.default_rng(1)
+    shapes = {"w": (64, 33), "b": (7,)}
+    global_arrays = ArrayRecord({k: Array(np.zeros(shape, np.float32)) for k, shape in shapes.items()})
+    replies = []
+    for node_id, examples in zip(range(1, 6), (10, 400, 33, 1, 90)):
+        reply = train_reply(node_id, 0.0, examples)
+        reply.content["arrays"] = ArrayRecord({k: Array(rng.normal(size=shape).astype(np.float32))
+                                               for k, shape in shapes.items()})
+        replies.append(reply)
+    batch = aggregate_arrayrecords([r.content for r in replies], "num-examples")
+    s = FedVLA(RunConfig.from_mapping({}), "abc123", {}, global_arrays)
+    s.configure_train(1, global_arrays, ConfigRecord(), ChangingGrid([1, 2, 3, 4, 5]))
+    s.open_train_round(1)
+    for reply in replies:  # one at a time, as they arrive
+        s.receive_train(reply)
+    streamed, _ = s.close_train_round()
+    for name in shapes:
+        np.testing.assert_allclose(streamed[name].numpy(), batch[name].numpy(), rtol=1e-6, atol=1e-7)
+    assert s.traffic[1] == {"bytes-sent": 5 * metrics_bytes(global_arrays),
+                            "bytes-received": sum(metrics_bytes(r.content["arrays"]) for r in replies)}
+
+
+def metrics_bytes(arrays: ArrayRecord) -> int:
+    from app.metrics import arrays_bytes
+
+    return arrays_bytes(arrays)
+
+
+def test_int8_delta_updates_are_screened_and_rebuilt_on_the_global_weights():
+    from app import codec
+
+    s, _ = strategy(**{"update-encoding": "int8-delta"})
+    first = s.configure_train(1, GLOBAL, ConfigRecord(), FakeGrid())
+    assert {m.content["config"]["reference-round"] for m in first} == {codec.FULL}  # round 1: nobody holds weights
+    reply = train_reply(1, 0.0, 10)
+    reply.content["arrays"] = codec.encode("int8-delta", {k: np.full(2, 0.5, np.float32) for k in sorted(KEYS)})
+    assert reply_problem(train_reply(1, 0.5, 10), s.expected).startswith("reply arrays do not match")  # fp32 is not
+    arrays, _ = s.aggregate_train(1, [reply])
+    np.testing.assert_allclose(arrays["w"].numpy(), [0.5, 0.5], rtol=1e-2)
+    second = {m.metadata.dst_node_id: m.content for m in s.configure_train(2, arrays, ConfigRecord(), FakeGrid())}
+    assert second[1]["config"]["reference-round"] == 0, "node 1 replied: it gets a delta"
+    assert sorted(second[1]["arrays"].keys()) == ["b", "b#scale", "w", "w#scale"]
+    assert second[2]["config"]["reference-round"] == codec.FULL, "node 2 did not reply: full weights"
+
+
+def test_a_bf16_update_holding_nan_is_dropped():
+    from app import codec
+
+    s, _ = strategy(**{"update-encoding": "bf16"})
+    reply = train_reply(1, 0.0, 10)
+    reply.content["arrays"] = codec.encode("bf16", {"w": np.array([np.nan, 1], np.float32), "b": np.ones(2, np.float32)})
+    assert reply_problem(reply, s.expected) == "array 'w' holds NaN or inf"

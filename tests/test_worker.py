@@ -19,14 +19,15 @@ OPERATOR_1 = NodeConfig(dataset_uri="embedded:operator-1", name="op0")
 
 def test_a_run_keeps_its_policy_and_a_new_run_or_dataset_gets_a_fresh_one():
     learners = Learners(capacity=1)
-    first = learners.get(1, RUN, OPERATOR_0)
-    assert learners.get(1, RUN, OPERATOR_0) is first and learners.built == 1
+    first, state = learners.get(1, RUN, OPERATOR_0)
+    assert learners.get(1, RUN, OPERATOR_0) == (first, state) and learners.built == 1
     gone = weakref.ref(first.policy)
-    second = learners.get(2, RUN, OPERATOR_0)  # the next run, same data: still a fresh policy
+    second, second_state = learners.get(2, RUN, OPERATOR_0)  # the next run, same data: still a fresh policy
     del first
     gc.collect()
     assert gone() is None, "the earlier run's policy is freed: one policy in memory"
-    other = learners.get(2, RUN, OPERATOR_1)  # another dataset
+    assert second_state is not state, "a run starts with nothing kept from another"
+    other, _ = learners.get(2, RUN, OPERATOR_1)  # another dataset
     assert other is not second and other.data.ref.uri != second.data.ref.uri
     assert learners.built == 3
     learners.release(2)

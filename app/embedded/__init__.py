@@ -2,7 +2,8 @@
 
 Everything is derived from one seed, written once into a cache directory (`$FEDVLA_HOME/embedded/...`, default
 `~/.cache/fedvla`) and reused afterwards. Generation happens in a temporary directory that is renamed into place,
-under a file lock, so two SuperNodes starting together on one machine neither race nor see half a dataset.
+under a file lock, so two SuperNodes starting together on one machine neither race nor see half a dataset. What
+writing prints (hundreds of lines from the video encoder) goes to `$FEDVLA_HOME/logs/embedded.log`, not the console.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from app.config import fedvla_home
-from app.telemetry import get_logger
+from app.telemetry import get_logger, output_to
 
 log = get_logger(__name__)
 
@@ -62,13 +63,24 @@ def _materialize(target: Path, build) -> Path:
         if target.exists():  # another process finished it while we waited
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        output = output_log()
         try:
-            build(tmp / "out")
+            # LeRobot encodes the datasets' videos through ffmpeg, whose SVT-AV1 encoder prints hundreds of lines
+            # straight to file descriptor 2; LeRobot and `datasets` add prints and progress bars of their own.
+            with output_to(output):
+                build(tmp / "out")
             os.replace(tmp / "out", target)
+        except Exception:
+            log.error("embedded_artifact_failed", path=str(target), output=str(output))
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("embedded_artifact_written", path=str(target))
+    log.debug("embedded_artifact_written", path=str(target))
     return target
+
+
+def output_log() -> Path:
+    return fedvla_home() / "logs" / "embedded.log"
 
 
 def ensure_base_model(seed: int = DEFAULT_SEED) -> Path:
@@ -108,7 +120,8 @@ def ensure_operator_dataset(operator: int, seed: int = DEFAULT_SEED) -> Path:
 
 
 def ensure_server_eval_dataset(seed: int = DEFAULT_SEED, num_families: int = 4) -> Path:
-    """Held-out recordings covering every task family, for server-side evaluation of the global model."""
+    """Recordings kept for server-side evaluation of the global model: SERVER_EVAL_EPISODES episodes of families
+    0, 1, .., num_families - 1 in turn, so every family has one at least; the server evaluates on all of them."""
     from app.embedded.datasets import write_dataset
 
     return _materialize(

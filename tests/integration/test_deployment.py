@@ -52,9 +52,28 @@ def test_final_checkpoint_reloads_and_reproduces_the_server_eval_loss(demo_run):
     _, run_dir = demo_run
     policy, preprocessor, _ = load_checkpoint(run_dir / "models" / "checkpoint_round_2")
     run = RunConfig.from_mapping(EMBEDDED_OVERRIDES)
-    heldout = Learner(run, run.server_eval_dataset).data.heldout  # the same split the server evaluated on
+    heldout = Learner(run, run.server_eval_dataset, evaluation_only=True).data.heldout  # what the server evaluated
     assert evaluate(policy, preprocessor, heldout, batch_size=8).loss == pytest.approx(server_eval(run_dir, 2), rel=1e-5)
     assert model.frozen_fingerprint(policy) == Learner(run, run.server_eval_dataset).fingerprint
+
+
+def test_predict_on_the_final_checkpoint_beats_the_base_model_on_a_held_out_episode(demo_run):
+    import json
+
+    _, run_dir = demo_run
+    result = run_cli("predict", str(run_dir / "models" / "checkpoint_round_2"), "--dataset", "embedded:server-eval",
+                     "--episode", "0", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    trained, base = report["policies"]
+    assert (trained["policy"], base["policy"]) == ("checkpoint_round_2", "embedded:tiny (base)")
+    assert report["frames"] == 40 and len(trained["joint-error"]) == 6
+    assert trained["mean-error"] < base["mean-error"]
+    chart = run_dir / "predictions" / "checkpoint_round_2_embedded_server-eval_ep0.png"
+    assert report["chart"] == str(chart) and chart.stat().st_size > 10_000
+    from app.checkpoint import verify_checkpoint
+
+    verify_checkpoint(run_dir / "models" / "checkpoint_round_2")  # still sealed: nothing was written into it
 
 
 def test_invalid_run_config_fails_before_anything_starts(tmp_path):

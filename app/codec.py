@@ -1,0 +1,298 @@
+"""Update encodings: how the trainable weights travel between the server and the nodes, both ways.
+
+    fp32        the weights as they are: exact, and nothing kept between rounds on either side;
+    bf16        deltas in bfloat16 (half of fp32);
+    int8-delta  deltas quantized blockwise to int8, one fp32 scale per BLOCK values (about a quarter of fp32);
+    int4-delta  the same with 4-bit values, two to a byte (about an eighth).
+
+A delta encoding sends differences against a *reference*: global weights that the server and every node holding
+them have bit for bit. The server keeps one reference (`Broadcast`). Each round it moves the reference toward the
+new global weights by one encoded delta, which it sends to the nodes that hold the previous reference; nodes that
+do not (round 1, a new node, one that missed a round or restarted) get the new reference in full fp32. Since the
+delta is always taken against what the nodes hold, the downlink's quantization error never piles up: whatever
+one round's delta misses, the next round's delta includes.
+
+A node trains from the reference and sends its update as a delta against it, with error feedback: what
+quantization dropped this round is added to the next round's update instead of being lost (`NodeCodec`). The
+node keeps the reference and that residual in a RecordDict it is given (the warm worker's memory, or the
+ClientApp's `context.state` in a simulation). The server rebuilds each update in fp32 against the reference; the
+global model and its checkpoints stay in the training precision.
+
+Everything is NumPy: the server's aggregation and screening use it, and a node's tensors convert without a copy.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from app.config import UPDATE_ENCODINGS
+from app.errors import UserError
+from app.metrics import arrays_bytes
+
+ENCODINGS = FP32, BF16, INT8_DELTA, INT4_DELTA = UPDATE_ENCODINGS
+BLOCK = 128  # values per quantization scale: fp32 scales add 1/32 of a byte per int8 value
+SCALE = "#scale"  # suffix of a quantized array's scales
+FULL = -1  # a message's reference-round when its arrays are full weights, not a delta
+
+Layout = dict[str, tuple[tuple[int, ...], str]]  # array name -> (shape, dtype)
+
+
+class ReferenceMissing(UserError):
+    """A node was sent a delta against global weights it does not hold (it restarted, or missed a round): the
+    server leaves it out of this round and sends it full weights in the next."""
+
+
+# --- one array: fp32 values <-> wire arrays ------------------------------------------------------------------------
+
+def _blocks(values: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    padded = np.zeros(-(-flat.size // BLOCK) * BLOCK, dtype=np.float32)
+    padded[: flat.size] = flat
+    return padded.reshape(-1, BLOCK)
+
+
+def _quantize(values: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blockwise absmax quantization to integers in [-levels, levels]: (codes int8 [blocks, BLOCK], scales)."""
+    blocks = _blocks(values)
+    scales = np.abs(blocks).max(axis=1) / levels
+    safe = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    codes = np.rint(blocks / safe[:, None]).clip(-levels, levels).astype(np.int8)
+    return codes, scales.astype(np.float32)
+
+
+def _dequantize(codes: np.ndarray, scales: np.ndarray, size: int) -> np.ndarray:
+    return (codes.reshape(-1, BLOCK).astype(np.float32) * scales[:, None]).reshape(-1)[:size]
+
+
+def _to_bf16_bits(values: np.ndarray) -> np.ndarray:
+    """fp32 -> bfloat16 bit patterns (uint16), rounded to nearest even (NumPy has no bfloat16 type)."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounding = np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))
+    return ((bits + rounding) >> 16).astype(np.uint16)
+
+
+def _from_bf16_bits(bits: np.ndarray) -> np.ndarray:
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def encode_array(encoding: str, values: np.ndarray) -> dict[str, np.ndarray]:
+    """One fp32 array -> the arrays that carry it, keyed by name suffix ("" and, if quantized, SCALE)."""
+    if encoding == FP32:
+        return {"": np.asarray(values, dtype=np.float32)}
+    if encoding == BF16:
+        return {"": _to_bf16_bits(values)}
+    if encoding == INT8_DELTA:
+        codes, scales = _quantize(values, 127)
+        return {"": codes.reshape(-1), SCALE: scales}
+    if encoding == INT4_DELTA:
+        codes, scales = _quantize(values, 7)
+        nibbles = (codes.reshape(-1, 2) + 8).astype(np.uint8)  # 1..15; BLOCK is even, so pairs never straddle
+        return {"": nibbles[:, 0] | (nibbles[:, 1] << 4), SCALE: scales}
+    raise ValueError(f"unknown update encoding {encoding!r}")
+
+
+def decode_array(encoding: str, parts: Mapping[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The inverse of encode_array: fp32 values of `shape` (quantized encodings: up to their rounding)."""
+    size = int(np.prod(shape, dtype=np.int64))
+    if encoding == FP32:
+        return np.asarray(parts[""], dtype=np.float32).reshape(shape)
+    if encoding == BF16:
+        return _from_bf16_bits(parts[""]).reshape(shape)
+    if encoding == INT8_DELTA:
+        return _dequantize(parts[""], parts[SCALE], size).reshape(shape)
+    if encoding == INT4_DELTA:
+        packed = parts[""]
+        codes = np.stack([packed & 0x0F, packed >> 4], axis=1).astype(np.int8) - 8
+        return _dequantize(codes, parts[SCALE], size).reshape(shape)
+    raise ValueError(f"unknown update encoding {encoding!r}")
+
+
+def wire_layout(encoding: str, layout: Layout) -> Layout:
+    """What an update of arrays `layout` looks like on the wire: the server screens replies against it before
+    decoding anything."""
+    wire: Layout = {}
+    for name, (shape, _dtype) in layout.items():
+        blocks = -(-int(np.prod(shape, dtype=np.int64)) // BLOCK)
+        if encoding == FP32:
+            wire[name] = (shape, "float32")
+        elif encoding == BF16:
+            wire[name] = (shape, "uint16")
+        elif encoding == INT8_DELTA:
+            wire[name], wire[name + SCALE] = ((blocks * BLOCK,), "int8"), ((blocks,), "float32")
+        elif encoding == INT4_DELTA:
+            wire[name], wire[name + SCALE] = ((blocks * BLOCK // 2,), "uint8"), ((blocks,), "float32")
+        else:
+            raise ValueError(f"unknown update encoding {encoding!r}")
+    return wire
+
+
+# --- a whole set of weights ----------------------------------------------------------------------------------------
+
+def encode(encoding: str, values: Mapping[str, np.ndarray]) -> ArrayRecord:
+    record = ArrayRecord()
+    for name, array in values.items():
+        for suffix, part in encode_array(encoding, array).items():
+            record[name + suffix] = Array(part)
+    return record
+
+
+def view(array: Array) -> np.ndarray:
+    """A read-only view of an Array's values, without the copy `Array.numpy()` makes: decoding a 400 MB update
+    then costs no second 400 MB. Arrays that are not plain .npy data (never pickles) are refused as numpy() would."""
+    if array.stype != "numpy.ndarray":
+        raise TypeError(f"unsupported serialization type {array.stype!r}")
+    buffer = io.BytesIO(array.data)
+    version = np.lib.format.read_magic(buffer)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in read_header:
+        raise ValueError(f".npy format version {version} is not one np.save writes for weights")
+    shape, fortran_order, dtype = read_header[version](buffer)
+    if dtype.hasobject or fortran_order:
+        raise ValueError("object or Fortran-ordered arrays are not model weights")
+    return np.frombuffer(array.data, dtype=dtype, count=int(np.prod(shape, dtype=np.int64)),
+                         offset=buffer.tell()).reshape(shape)
+
+
+def decoded(encoding: str, record: ArrayRecord, layout: Layout) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, fp32 values) for each array of `layout`, one at a time: the caller holds one decoded array at once
+    (fp32: a read-only view of the record's bytes)."""
+    for name, (shape, _dtype) in layout.items():
+        parts = {"": view(record[name])}
+        if name + SCALE in record:
+            parts[SCALE] = view(record[name + SCALE])
+        yield name, decode_array(encoding, parts, shape)
+
+
+def decode(encoding: str, record: ArrayRecord, layout: Layout) -> dict[str, np.ndarray]:
+    return dict(decoded(encoding, record, layout))
+
+
+def layout_of(values: Mapping[str, np.ndarray]) -> Layout:
+    return {name: (tuple(a.shape), str(a.dtype)) for name, a in values.items()}
+
+
+def is_delta(encoding: str) -> bool:
+    return encoding != FP32
+
+
+def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays, writable (copies)."""
+    return {name: array.numpy() for name, array in record.items()}
+
+
+# --- the server's side ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Broadcast:
+    """The server's end of the downlink: the reference the nodes hold, and which nodes hold it.
+
+    Each `send` moves the reference to the new global weights. A node that replied without error to the previous
+    one (`received`) holds the previous reference and gets the delta; any other node gets full weights."""
+
+    encoding: str
+    reference: dict[str, np.ndarray] | None = None
+    reference_round: int = FULL
+    holders: set[int] = field(default_factory=set)
+    base: Mapping[str, np.ndarray] | None = None  # the exact global weights of the last send
+    _sent_to: set[int] = field(default_factory=set)
+
+    def send(self, weights: Mapping[str, np.ndarray], global_round: int, node_ids: list[int],
+             config: Mapping | None = None) -> tuple[dict[int, RecordDict], int]:
+        """Contents for `node_ids` carrying `weights`, the global model after `global_round`: `arrays`, and `config`
+        with the keys a node decodes them by. Returns them with the bytes of arrays they carry in all."""
+        config = {**(config or {}), "encoding": self.encoding, "global-round": global_round}
+        self.base = weights
+        if not is_delta(self.encoding):
+            full = RecordDict({"arrays": encode(FP32, weights), "config": ConfigRecord({**config, "reference-round": FULL})})
+            return {n: full for n in node_ids}, len(node_ids) * arrays_bytes(full["arrays"])
+        delta = None
+        if self.reference is None:
+            self.reference = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
+        else:  # the reference moves by exactly what the nodes will decode, so both ends stay equal
+            delta = RecordDict({"arrays": encode(self.encoding, {k: weights[k] - self.reference[k] for k in weights}),
+                                "config": ConfigRecord({**config, "reference-round": self.reference_round})})
+            for name, step in decoded(self.encoding, delta["arrays"], layout_of(weights)):
+                self.reference[name] += step
+        contents, full = {}, None
+        for node_id in node_ids:
+            if delta is not None and node_id in self.holders:
+                contents[node_id] = delta
+            else:
+                if full is None:
+                    full = RecordDict({"arrays": encode(FP32, self.reference),
+                                       "config": ConfigRecord({**config, "reference-round": FULL})})
+                contents[node_id] = full
+        self.reference_round, self.holders, self._sent_to = global_round, set(), set(node_ids)
+        return contents, sum(arrays_bytes(content["arrays"]) for content in contents.values())
+
+    def received(self, node_id: int) -> None:
+        """`node_id` replied without error to the last `send`: it holds the current reference."""
+        if node_id in self._sent_to:
+            self.holders.add(node_id)
+
+    def rebuild(self, record: ArrayRecord, layout: Layout) -> Iterator[tuple[str, np.ndarray]]:
+        """A node's update, decoded to full fp32 weights one array at a time. A delta is added to the exact global
+        weights, not to the reference the node trained from: the downlink's rounding then never enters the
+        global model (the next round's delta to the nodes carries it instead)."""
+        for name, values in decoded(self.encoding, record, layout):
+            yield name, (values + self.base[name]) if is_delta(self.encoding) else values
+
+
+# --- a node's side -------------------------------------------------------------------------------------------------
+
+REFERENCE, RESIDUAL, CODEC = "codec-reference", "codec-residual", "codec"
+
+
+@dataclass
+class NodeCodec:
+    """A node's end of both links, keeping the reference and the error-feedback residual in `state` between a
+    run's messages."""
+
+    state: RecordDict
+
+    def receive(self, content: RecordDict) -> dict[str, np.ndarray]:
+        """The global weights a message carries, in fp32."""
+        config = content["config"]
+        encoding = str(config.get("encoding", FP32))
+        base = int(config.get("reference-round", FULL))
+        arrays = content["arrays"]
+        if base == FULL:
+            weights = numpy_arrays(arrays)
+        else:
+            held = self._reference_round()
+            if held != base:
+                raise ReferenceMissing(
+                    f"the server sent a delta against round {base}'s global weights, this node holds "
+                    + (f"round {held}'s" if held is not None else "none")
+                    + " (it restarted or missed a round): the server sends it full weights next round")
+            reference = numpy_arrays(self.state[REFERENCE])
+            weights = {k: reference[k] + v for k, v in decoded(encoding, arrays, layout_of(reference))}
+        if is_delta(encoding):
+            self.state[REFERENCE] = encode(FP32, weights)
+            self.state[CODEC] = ConfigRecord({"reference-round": int(config["global-round"])})
+        return weights
+
+    def _reference_round(self) -> int | None:
+        if CODEC not in self.state.config_records or REFERENCE not in self.state.array_records:
+            return None
+        return int(self.state[CODEC]["reference-round"])
+
+    def send(self, encoding: str, trained: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> ArrayRecord:
+        """The update to reply with: `trained` itself (fp32), or its delta against `reference` with error feedback."""
+        if not is_delta(encoding):
+            return encode(FP32, trained)
+        residual = numpy_arrays(self.state[RESIDUAL]) if RESIDUAL in self.state.array_records else {}
+        record, carried = ArrayRecord(), {}
+        for name, values in trained.items():
+            update = values - reference[name] + residual.get(name, 0.0)
+            parts = encode_array(encoding, update)
+            for suffix, part in parts.items():
+                record[name + suffix] = Array(part)
+            carried[name] = update - decode_array(encoding, parts, update.shape)
+        self.state[RESIDUAL] = encode(FP32, carried)
+        return record

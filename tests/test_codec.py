@@ -1,0 +1,127 @@
+"""app.codec: update encodings on the wire, the server's reference, and the nodes' error feedback."""
+
+import numpy as np
+import pytest
+from flwr.app import RecordDict
+
+from app import codec
+from app.codec import BLOCK, ENCODINGS, FP32, Broadcast, NodeCodec, ReferenceMissing
+
+RNG = np.random.default_rng(0)
+WEIGHTS = {"expert.w": RNG.normal(size=(300, 7)).astype(np.float32), "expert.b": RNG.normal(size=(5,)).astype(np.float32)}
+LAYOUT = codec.layout_of(WEIGHTS)
+# Worst error of one value: half a quantization step of its block (bf16: 8 bits of mantissa).
+RELATIVE_STEP = {"bf16": 2.0**-8, "int8-delta": 0.5 / 127, "int4-delta": 0.5 / 7}
+
+
+def max_error(a: dict, b: dict) -> float:
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+def test_fp32_round_trip_is_exact():
+    decoded = codec.decode(FP32, codec.encode(FP32, WEIGHTS), LAYOUT)
+    assert all(np.array_equal(decoded[k], WEIGHTS[k]) for k in WEIGHTS)
+
+
+@pytest.mark.parametrize("encoding", ["bf16", "int8-delta", "int4-delta"])
+def test_quantized_round_trip_is_within_half_a_step(encoding):
+    decoded = codec.decode(encoding, codec.encode(encoding, WEIGHTS), LAYOUT)
+    for name, values in WEIGHTS.items():
+        assert decoded[name].shape == values.shape and decoded[name].dtype == np.float32
+        bound = np.abs(values).max() * RELATIVE_STEP[encoding] * 1.0001
+        assert np.abs(decoded[name] - values).max() <= bound
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_wire_layout_is_what_encode_writes(encoding):
+    record = codec.encode(encoding, WEIGHTS)
+    assert {k: (tuple(a.shape), a.dtype) for k, a in record.items()} == codec.wire_layout(encoding, LAYOUT)
+
+
+def test_int8_is_a_quarter_and_int4_an_eighth_of_fp32_plus_scales():
+    big = {"w": np.ones(BLOCK * 1000, dtype=np.float32)}
+    size = {e: sum(a.numpy().nbytes for a in codec.encode(e, big).values()) for e in ENCODINGS}
+    scales = 1000 * 4
+    assert size == {"fp32": 4 * BLOCK * 1000, "bf16": 2 * BLOCK * 1000, "int8-delta": BLOCK * 1000 + scales,
+                    "int4-delta": BLOCK * 1000 // 2 + scales}
+
+
+def test_a_zero_block_stays_zero():
+    zeros = {"w": np.zeros(3 * BLOCK, dtype=np.float32)}
+    assert not codec.decode("int8-delta", codec.encode("int8-delta", zeros), codec.layout_of(zeros))["w"].any()
+
+
+def federate(encoding: str, rounds: int, nodes: list[int], sampled=lambda rnd: None, lr: float = 0.01):
+    """`rounds` of a toy federation: each node moves the weights it received by a fixed step of its own; the
+    server averages. Returns the server's global weights, what each node decoded, and the messages' kinds."""
+    broadcast, states = Broadcast(encoding), {n: RecordDict() for n in nodes}
+    steps = {n: {k: lr * RNG.normal(size=v.shape).astype(np.float32) for k, v in WEIGHTS.items()} for n in nodes}
+    global_weights, kinds, held = dict(WEIGHTS), [], {}
+    for rnd in range(rounds):
+        present = sampled(rnd) or nodes
+        contents, _ = broadcast.send(global_weights, rnd, present)
+        kinds.append({n: "full" if contents[n]["config"]["reference-round"] == codec.FULL else "delta" for n in present})
+        updates = []
+        for n in present:
+            node = NodeCodec(states[n])
+            held[n] = node.receive(contents[n])
+            trained = {k: held[n][k] + steps[n][k] for k in WEIGHTS}
+            updates.append(dict(broadcast.rebuild(node.send(encoding, trained, held[n]), LAYOUT)))
+            broadcast.received(n)
+        global_weights = {k: np.mean([u[k] for u in updates], axis=0) for k in WEIGHTS}
+    return global_weights, held, kinds, broadcast, steps
+
+
+@pytest.mark.parametrize("encoding", ["bf16", "int8-delta", "int4-delta"])
+def test_nodes_and_server_hold_the_same_reference_bit_for_bit(encoding):
+    _, held, _, broadcast, _ = federate(encoding, rounds=4, nodes=[1, 2])
+    for n in (1, 2):
+        assert all(np.array_equal(held[n][k], broadcast.reference[k]) for k in WEIGHTS)
+
+
+@pytest.mark.parametrize("encoding", ["bf16", "int8-delta", "int4-delta"])
+def test_error_feedback_keeps_the_error_from_piling_up(encoding):
+    """Every node adds the same step each round: after many rounds the global weights are off by about one
+    round's quantization error, not by the sum of all rounds' (which is what dropping the error would cost)."""
+    rounds = 30
+    final, _, _, _, steps = federate(encoding, rounds=rounds, nodes=[1, 2])
+    exact = {k: WEIGHTS[k] + rounds * (steps[1][k] + steps[2][k]) / 2 for k in WEIGHTS}
+    per_round = max(float(np.abs(steps[n][k]).max()) for n in (1, 2) for k in WEIGHTS) * RELATIVE_STEP[encoding]
+    assert max_error(final, exact) < 4 * per_round
+    fp32_final, _, _, _, steps = federate(FP32, rounds=rounds, nodes=[1, 2])
+    exact = {k: WEIGHTS[k] + rounds * (steps[1][k] + steps[2][k]) / 2 for k in WEIGHTS}
+    assert max_error(fp32_final, exact) < 1e-5
+
+
+def test_deltas_both_ways_after_the_first_round():
+    _, _, kinds, _, _ = federate("int8-delta", rounds=3, nodes=[1, 2])
+    assert kinds == [{1: "full", 2: "full"}, {1: "delta", 2: "delta"}, {1: "delta", 2: "delta"}]
+    _, _, kinds, _, _ = federate(FP32, rounds=2, nodes=[1, 2])
+    assert kinds == [{1: "full", 2: "full"}] * 2
+
+
+def test_a_node_that_missed_a_round_gets_full_weights():
+    _, held, kinds, broadcast, _ = federate("int8-delta", rounds=4, nodes=[1, 2],
+                                            sampled=lambda rnd: [1] if rnd == 1 else None)
+    assert kinds[1] == {1: "delta"}
+    assert kinds[2] == {1: "delta", 2: "full"}, "node 2 holds round 0's weights, not round 1's"
+    assert kinds[3] == {1: "delta", 2: "delta"}
+    assert all(np.array_equal(held[2][k], broadcast.reference[k]) for k in WEIGHTS)
+
+
+def test_a_node_sent_a_delta_it_cannot_apply_says_so():
+    broadcast = Broadcast("int8-delta")
+    broadcast.send(WEIGHTS, 0, [1])
+    broadcast.received(1)
+    contents, _ = broadcast.send({k: v + 1 for k, v in WEIGHTS.items()}, 1, [1])
+    with pytest.raises(ReferenceMissing, match="holds none"):  # a node that restarted and lost what it held
+        NodeCodec(RecordDict()).receive(contents[1])
+
+
+def test_a_node_that_errs_is_sent_full_weights_next():
+    broadcast = Broadcast("int8-delta")
+    broadcast.send(WEIGHTS, 0, [1, 2])
+    broadcast.received(1)  # node 2's reply was an error
+    contents, sent = broadcast.send(WEIGHTS, 1, [1, 2])
+    assert contents[1]["config"]["reference-round"] == 0 and contents[2]["config"]["reference-round"] == codec.FULL
+    assert sent == sum(codec.arrays_bytes(contents[n]["arrays"]) for n in (1, 2))
