@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -172,13 +172,18 @@ def save_checkpoint(
     postprocessor,
     metrics: dict[str, Any],
     model_card: str,
+    files: dict[str, Path] | None = None,
 ) -> Path:
+    """Write a checkpoint atomically: the policy, its processors, the model card (README.md), metrics.json and
+    `files` (name in the checkpoint -> a file to copy, e.g. the card's loss chart), sealed with a manifest."""
     def fill(directory: Path) -> None:
         policy.save_pretrained(directory)
         preprocessor.save_pretrained(directory)
         postprocessor.save_pretrained(directory)
         (directory / "README.md").write_text(model_card, encoding="utf-8")
         write_json_atomic(directory / "metrics.json", metrics)
+        for name, source in (files or {}).items():
+            shutil.copyfile(source, directory / name)
         seal(directory)
 
     return write_directory_atomic(target, fill)
@@ -226,21 +231,28 @@ def _round_of(path: Path) -> int | None:
     return int(suffix) if path.name.startswith("checkpoint_round_") and suffix.isdigit() else None
 
 
-def render_model_card(title: str, summary: str, facts: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """A Hugging Face model card: YAML front matter for the Hub, then what the checkpoint is and how it was made."""
+LOSS_CHART = "loss_chart.png"  # in a checkpoint: the card shows it, on the Hub as in a clone
+
+
+def render_model_card(title: str, summary: str, facts: dict[str, Any], metrics: dict[str, Any],
+                      base_model: str = "", datasets: Sequence[str] = (), chart: bool = False,
+                      repo_id: str = "") -> str:
+    """A Hugging Face model card: YAML front matter for the Hub (its base model and datasets by Hub id, when they
+    have one), what the checkpoint is and how it was made, its loss chart, and a loading snippet."""
     rows = "\n".join(f"| {key} | {value} |" for key, value in facts.items())
     metric_rows = "\n".join(
         f"| {key} | {value:.6g} |" if isinstance(value, float) else f"| {key} | {value} |" for key, value in metrics.items()
     )
+    front = ["library_name: lerobot", "pipeline_tag: robotics"]
+    if base_model:
+        front.append(f"base_model: {base_model}")
+    if datasets:
+        front += ["datasets:", *(f"- {d}" for d in datasets)]
+    front += ["tags:", *(f"- {t}" for t in ("smolvla", "lerobot", "federated-learning", "flower", "so100"))]
+    front_matter = "\n".join(front)
+    chart_section = f"\n![held-out loss by round]({LOSS_CHART})\n" if chart else ""
     return f"""---
-library_name: lerobot
-pipeline_tag: robotics
-tags:
-- smolvla
-- lerobot
-- federated-learning
-- flower
-- so100
+{front_matter}
 ---
 
 # {title}
@@ -258,14 +270,15 @@ tags:
 | metric | value |
 |---|---|
 {metric_rows}
-
+{chart_section}
 ## Use
 
 ```python
-from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 from lerobot.policies.factory import make_pre_post_processors
+from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-policy = SmolVLAPolicy.from_pretrained("<this directory or repo id>")
-preprocessor, postprocessor = make_pre_post_processors(policy.config, pretrained_path="<same>")
+checkpoint = "{repo_id or 'path/to/this/checkpoint'}"  # a Hub repo id or a local directory
+policy = SmolVLAPolicy.from_pretrained(checkpoint)
+preprocessor, postprocessor = make_pre_post_processors(policy.config, pretrained_path=checkpoint)
 ```
 """

@@ -12,7 +12,7 @@
   fedvla keys    an operator's SuperNode authentication key pair
 
 Exit codes: 0 done (and for check/status: fits, reachable), 1 the answer is no (check: the dataset does not fit;
-status: the SuperLink cannot be reached), 2 a user error (a bad flag, a missing dataset, a schema mismatch), printed
+status: the SuperLink cannot be reached; demo: the run did not finish completed), 2 a user error (a bad flag, a missing dataset, a schema mismatch), printed
 as one line without a traceback, 130 interrupted.
 Heavy libraries (torch, lerobot) load only once a command needs them, so `--help` is instant.
 """

@@ -200,20 +200,23 @@ class RunOutputs:
         write_json_atomic(self.server / "federated_metrics.json", {"rounds": self.rounds})
 
     def model_card(self, run, server_round: int, node_datasets: dict[str, str], summary: dict,
-                   wandb_url: str | None = None) -> str:
+                   wandb_url: str | None = None, chart: bool = False) -> str:
         from app.checkpoint import render_model_card
         from app.data import public_name
         from app.model import public_model_name
 
         # A card may be published: it names datasets and models as nodes report them (Hub ids, local:<directory>),
         # and no path of this machine.
+        datasets = sorted({public_name(d) for d in node_datasets.values()})
         facts = {
             "base model": public_model_name(run.model),
             "rounds": server_round,
+            "nodes": len(node_datasets),
             "nodes (datasets)": ", ".join(f"{n} ({public_name(d)})" for n, d in sorted(node_datasets.items())),
             "strategy": f"FedProx, proximal-mu {run.proximal_mu}, "
                         + ("sample-weighted" if run.aggregation == "fedprox" else f"{run.aggregation} aggregation"),
             "local steps per round": run.local_steps if run.local_epochs == 0 else f"{run.local_epochs} epochs",
+            "update encoding": run.update_encoding,
             "batch size": run.batch_size,
             "learning rate": f"{run.lr} (cosine over rounds to x{run.lr_min_ratio})",
             "server eval dataset": public_name(run.server_eval_dataset),
@@ -226,13 +229,27 @@ class RunOutputs:
                    "server eval loss": summary.get("server-eval-loss"),
                    "client eval loss (weighted)": summary.get("client-eval-loss"),
                    "train loss (weighted)": summary.get("train-loss")}
+        hub_datasets = [d.removeprefix("hf:") for d in (*datasets, public_name(run.server_eval_dataset))
+                        if d.startswith("hf:")]
+        base = public_model_name(run.model)
         return render_model_card(
             f"SmolVLA federated fine-tune, round {server_round}",
             "SmolVLA fine-tuned with federated learning (Flower, FedProx): each operator trained on its own "
             "SO-100 recordings, which never left its machine; only trainable weights were exchanged.",
             facts,
             {k: v for k, v in metrics.items() if v is not None},
+            base_model=base if _is_hub_id(base) else "",
+            datasets=sorted(set(hub_datasets)),
+            chart=chart,
+            repo_id=run.hf_repo_id,
         )
+
+    def loss_chart(self, path: Path) -> Path:
+        """The held-out losses so far (server, and each node's), as the model card shows them."""
+        series = {"server": tuple(zip(*sorted(self.server_eval.items()))) or ((), ())}
+        for name, losses in sorted(self.nodes.labelled(self.client_eval).items()):
+            series[f"client {name}"] = tuple(zip(*sorted(losses.items())))
+        return line_chart(path, series, "Held-out policy loss", "round", "loss")
 
     def write_history_and_charts(self) -> None:
         clients = sorted(self.nodes.labelled(self.client_eval).items())
@@ -241,10 +258,7 @@ class RunOutputs:
             "clients": {name: {str(r): v for r, v in sorted(c.items())} for name, c in clients},
         }
         write_json_atomic(self.server / "eval_policy_loss_history.json", history)
-        series = {"server": tuple(zip(*sorted(self.server_eval.items()))) or ((), ())}
-        for name, losses in clients:
-            series[f"client {name}"] = tuple(zip(*sorted(losses.items())))
-        line_chart(self.server / "eval_policy_loss_chart.png", series, "Held-out policy loss", "round", "loss")
+        self.loss_chart(self.server / "eval_policy_loss_chart.png")
         rounds = [r["round"] for r in self.rounds]
         line_chart(
             self.server / "federated_metrics.png",
@@ -261,6 +275,11 @@ class RunOutputs:
 
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else float(value)
+
+
+def _is_hub_id(model: str) -> bool:
+    """A model name the Hub knows (owner/name), not embedded:tiny or a local:<directory>."""
+    return model.count("/") == 1 and ":" not in model
 
 
 def round_summary(server_round: int, lr: float, wall_seconds: float, train_metrics, client_eval, server_eval,

@@ -157,18 +157,22 @@ def save_round_checkpoint(server, stats: dict, arrays: ArrayRecord, outputs, sum
                           node_datasets: dict[str, str], tracker_url: str | None) -> tuple[Path, float]:
     """The global model after `summary`'s round as a LeRobot checkpoint with its processors and model card.
     Returns its path and the seconds it took."""
+    import tempfile
+
     from app import model as models
-    from app.checkpoint import save_checkpoint
+    from app.checkpoint import LOSS_CHART, save_checkpoint
 
     started = time.perf_counter()
     server_round = summary["round"]
     models.load_trainable_state(server.policy, arrays.to_torch_state_dict())
     preprocessor, postprocessor = server.processors(stats)
     path = outputs.models / f"checkpoint_round_{server_round}"
-    card = outputs.model_card(server.run, server_round, node_datasets, summary, tracker_url)
+    card = outputs.model_card(server.run, server_round, node_datasets, summary, tracker_url, chart=True)
     checkpoint_metrics = {"round": server_round, "server-eval-loss": outputs.server_eval.get(server_round),
                           "train-loss": summary["train-loss"], "nodes": node_datasets}
-    save_checkpoint(path, server.policy, preprocessor, postprocessor, checkpoint_metrics, card)
+    with tempfile.TemporaryDirectory() as scratch:
+        chart = outputs.loss_chart(Path(scratch) / LOSS_CHART)
+        save_checkpoint(path, server.policy, preprocessor, postprocessor, checkpoint_metrics, card, {LOSS_CHART: chart})
     log.info("checkpoint_saved", round=server_round, path=str(path))
     return path, time.perf_counter() - started
 

@@ -23,3 +23,23 @@ def test_the_model_card_keeps_hub_ids(tmp_path):
     text = card(tmp_path)
     assert "| base model | lerobot/smolvla_base |" in text
     assert "| server eval dataset | hf:lerobot/svla_so100_pickplace |" in text
+
+
+def test_the_model_card_tells_the_hub_its_base_model_and_datasets_and_how_it_was_trained(tmp_path):
+    import yaml
+
+    text = card(tmp_path, **{"update-encoding": "int8-delta", "hf-repo-id": "me/fed-smolvla"})
+    front = yaml.safe_load(text.split("---")[1])
+    assert front["base_model"] == "lerobot/smolvla_base"
+    assert front["datasets"] == ["bob/so100_towels", "lerobot/svla_so100_pickplace"]  # local ones have no Hub id
+    assert front["library_name"] == "lerobot" and "federated-learning" in front["tags"]
+    for row in ("| rounds | 3 |", "| nodes | 2 |", "| local steps per round | 100 |", "| update encoding | int8-delta |"):
+        assert row in text, row
+    assert 'checkpoint = "me/fed-smolvla"' in text
+
+
+def test_a_local_base_model_is_not_claimed_as_a_hub_one(tmp_path):
+    import yaml
+
+    front = yaml.safe_load(card(tmp_path, model="embedded:tiny").split("---")[1])
+    assert "base_model" not in front

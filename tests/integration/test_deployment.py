@@ -76,6 +76,21 @@ def test_predict_on_the_final_checkpoint_beats_the_base_model_on_a_held_out_epis
     verify_checkpoint(run_dir / "models" / "checkpoint_round_2")  # still sealed: nothing was written into it
 
 
+def test_the_model_cards_loading_snippet_runs(demo_run, python):
+    import re
+
+    _, run_dir = demo_run
+    checkpoint = run_dir / "models" / "checkpoint_round_2"
+    card = (checkpoint / "README.md").read_text()
+    assert "![held-out loss by round](loss_chart.png)" in card and (checkpoint / "loss_chart.png").stat().st_size > 5000
+    (snippet,) = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    snippet = re.sub(r'^checkpoint = ".*"', f"checkpoint = {str(checkpoint)!r}", snippet, flags=re.MULTILINE)
+    snippet += "print(type(policy).__name__, type(preprocessor).__name__)\n"
+    result = subprocess.run([python, "-c", snippet], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "SmolVLAPolicy DataProcessorPipeline"
+
+
 def test_invalid_run_config_fails_before_anything_starts(tmp_path):
     result = run_cli("demo", "--run-config", "proximal-mu=-1", "--output-dir", str(tmp_path))
     assert result.returncode == 2
