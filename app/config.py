@@ -180,7 +180,7 @@ class RunConfig:
     # the size of the trainable weights (smolvla_base: 400 MB fp32): 1024 MB leaves room for a larger trainable part
     # while a node cannot make the server decode gigabytes; raise it when training more of a bigger model.
     max_update_mb: float = 1024.0
-    update_encoding: str = "fp32"  # how weights travel, both ways: one of app.codec.ENCODINGS
+    update_encoding: str = "int8-delta"  # how weights travel, both ways: one of app.codec.ENCODINGS (README)
     round_timeout: float = 1800.0  # seconds a round waits for replies (a lost node is noticed sooner, by heartbeat)
     node_wait_timeout: float = 600.0  # seconds to wait for min-available-nodes before the run gives up
     early_stop_patience: int = 0  # 0: never stop early

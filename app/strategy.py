@@ -25,6 +25,7 @@ screens.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -248,11 +249,15 @@ class FedVLA(FedProx):
         return server_round % self.run.eval_frequency == 0 or server_round == self.run.num_server_rounds
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
-        """Evaluate messages (only the final model gets them) for every node connected now: a node lost in the
-        last round must not hold the run, and its last checkpoint, back until it returns."""
+        """Evaluate messages (only the final model gets them) for the nodes connected now (a node lost in the
+        last round must not hold the run, and its last checkpoint, back until it returns); with `fraction-train`
+        below 1, for as large a share of them as trains in a round, so a federation of thousands is not asked
+        all at once."""
         if not self.is_eval_round(server_round):
             return []
-        node_ids = wait_for_nodes(grid, 1, self.run.node_wait_timeout, self.names)
+        node_ids = sorted(wait_for_nodes(grid, 1, self.run.node_wait_timeout, self.names))
+        wanted = min(len(node_ids), max(math.ceil(len(node_ids) * self.fraction_train), self.min_train_nodes))
+        node_ids = sorted(random.Random(self.run.seed + server_round).sample(node_ids, wanted))
         return self._messages(server_round, arrays, server_round, node_ids, config, MessageType.EVALUATE)
 
     def _screen(self, kind: str, server_round: int, reply: Message, expected: ExpectedUpdate | None) -> NodeReport | None:

@@ -33,14 +33,22 @@ def _train_message(tiny_policy, operator0, fingerprint: str, evaluate_received: 
 
 
 def test_train_reply_carries_arrays_metrics_and_traffic(tiny_policy, operator0):
+    from app import codec
+
     msg = _train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy))
-    reply = client_app.train(msg, _context({}))
+    reply = client_app.train(msg, _context({"update-encoding": "fp32"}))
     metrics = reply.content["metrics"]
     assert metrics["steps"] == 3 and metrics["num-examples"] == 24
     assert metrics["bytes-sent"] == metrics["bytes-received"] > 0
     assert set(reply.content["arrays"].keys()) == set(model.trainable_state(tiny_policy))
     assert reply.content["node"]["node-name"] == "op0"
     assert reply.content["node"]["dataset"] == "embedded:operator-0"
+    # The default encoding: full weights came in (round 1, or a node without the reference), an int8 delta goes out.
+    delta = client_app.train(_train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy)), _context({}))
+    layout = codec.layout_of({k: v.numpy() for k, v in model.trainable_state(tiny_policy).items()})
+    assert {k: (tuple(a.shape), a.dtype) for k, a in delta.content["arrays"].items()} == codec.wire_layout(
+        "int8-delta", layout)
+    assert delta.content["metrics"]["bytes-sent"] < metrics["bytes-sent"] / 3
 
 
 def test_a_train_message_can_first_evaluate_the_model_it_brings(tiny_policy, operator0):

@@ -10,7 +10,7 @@ from app.strategy import ExpectedUpdate, FedVLA, aggregator, reply_problem
 
 KEYS = {"w", "b"}
 GLOBAL = ArrayRecord({k: Array(np.zeros((2,), dtype=np.float32)) for k in sorted(KEYS)})
-EXPECTED = ExpectedUpdate.like(GLOBAL)
+EXPECTED = ExpectedUpdate.like(GLOBAL)  # fp32 updates
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def train_reply(node_id: int, value: float, examples: int, name: str = "", keys=
 
 def strategy(**run_overrides) -> tuple[FedVLA, list]:
     seen = []
-    run = RunConfig.from_mapping({"num-server-rounds": 4, **run_overrides})
+    run = RunConfig.from_mapping({"num-server-rounds": 4, "update-encoding": "fp32", **run_overrides})
     s = FedVLA(run, "abc123", {"action/mean": [0.0]}, GLOBAL, lambda kind, rnd, reps: seen.append((kind, rnd, reps)))
     return s, seen
 
@@ -268,7 +268,7 @@ def test_streaming_aggregation_equals_flowers_batch_aggregation():
                                                for k, shape in shapes.items()})
         replies.append(reply)
     batch = aggregate_arrayrecords([r.content for r in replies], "num-examples")
-    s = FedVLA(RunConfig.from_mapping({}), "abc123", {}, global_arrays)
+    s = FedVLA(RunConfig.from_mapping({"update-encoding": "fp32"}), "abc123", {}, global_arrays)
     s.configure_train(1, global_arrays, ConfigRecord(), ChangingGrid([1, 2, 3, 4, 5]))
     s.open_train_round(1)
     for reply in replies:  # one at a time, as they arrive
@@ -310,3 +310,10 @@ def test_a_bf16_update_holding_nan_is_dropped():
     reply = train_reply(1, 0.0, 10)
     reply.content["arrays"] = codec.encode("bf16", {"w": np.array([np.nan, 1], np.float32), "b": np.ones(2, np.float32)})
     assert reply_problem(reply, s.expected) == "array 'w' holds NaN or inf"
+
+
+def test_the_final_model_is_evaluated_by_a_share_of_a_large_federation():
+    s, _ = strategy(**{"fraction-train": 0.1, "min-train-nodes": 2, "min-available-nodes": 2})
+    arrays = ArrayRecord({"w": Array(np.zeros(2)), "b": Array(np.zeros(2))})
+    messages = s.configure_evaluate(4, arrays, ConfigRecord({"final": True}), ChangingGrid(list(range(1, 101))))
+    assert len(messages) == 10 and len({m.metadata.dst_node_id for m in messages}) == 10

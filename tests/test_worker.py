@@ -56,3 +56,15 @@ def test_a_forwarded_message_gets_the_answer_the_clientapp_would_compute_itself(
     msg.content["config"]["final"] = True  # the run's last message: the worker lets the policy go
     client_app.train(msg, forwarded_context)
     assert not worker.learners.held
+
+
+def test_a_run_with_other_settings_than_the_node_checked_is_pointed_out(tmp_path):
+    from structlog.testing import capture_logs
+
+    warm = Worker(tmp_path / "worker.sock", "op0", 900, checked={"model": "embedded:tiny", "fps": 30, "cameras": "auto"})
+    with capture_logs() as logs:
+        warm._compare_settings(7, RUN)  # the same settings: nothing to say
+        warm._compare_settings(8, RunConfig.from_mapping({**EMBEDDED_OVERRIDES, "fps": 15}))
+    (said,) = logs
+    assert said["event"] == "run_settings_differ" and said["settings"] == {"fps": {"checked": 30, "run": 15}}
+    assert "--fps" in said["fix"]

@@ -1,4 +1,5 @@
-"""Data stays home: in a real federated run, every reply a node sends holds only the trainable parameters, scalar
+"""Data stays home: in a real federated run, every reply a node sends holds only the trainable parameters (as the
+run's update encoding carries them: by default int8 deltas and their scales), scalar
 metrics, the node's public name and (once, before round 1) its state/action normalization stats. No frame, no
 image, no episode and no path of the operator's machine leaves it."""
 
@@ -11,9 +12,9 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.serde import ProtoRecordDict, recorddict_from_proto
 
-from app import embedded
+from app import codec, embedded
 from app import model as models
-from app.config import EMBEDDED_OVERRIDES, fedvla_home
+from app.config import EMBEDDED_OVERRIDES, RunConfig, fedvla_home
 from app.node import NORMALIZED_KEYS, STAT_FIELDS
 from tests.integration.conftest import REPO, flwr_run, local_simulation, stop_local_superlink
 
@@ -41,17 +42,18 @@ def recording_app(directory: Path) -> Path:
     return directory
 
 
-def problems(kind: str, name: str, record, trainable: dict, joints: int) -> list[str]:
-    """What in one record of a `kind` reply should not have left the node (`joints`: the widest of state and
-    action)."""
+def problems(kind: str, name: str, record, wire: dict, joints: int) -> list[str]:
+    """What in one record of a `kind` reply should not have left the node (`wire`: the trainable parameters'
+    arrays as the update encoding carries them, name -> (shape, dtype); `joints`: the widest of state and action)."""
     where = f"{kind} reply, record {name!r}"
     if isinstance(record, ArrayRecord):
         if kind != "train" or name != "arrays":
             return [f"{where}: arrays in a reply that carries none"]
-        if set(record) != set(trainable):
-            return [f"{where}: arrays {sorted(set(record) ^ set(trainable))[:5]} are not the trainable parameters"]
-        return [f"{where}: {key} has shape {record[key].shape}, the parameter {tuple(trainable[key].shape)}"
-                for key in record if tuple(record[key].shape) != tuple(trainable[key].shape)]
+        if set(record) != set(wire):
+            return [f"{where}: arrays {sorted(set(record) ^ set(wire))[:5]} are not the trainable parameters"]
+        return [f"{where}: {key} is {record[key].dtype}{list(record[key].shape)}, the encoded parameter's "
+                f"{wire[key][1]}{list(wire[key][0])}" for key in record
+                if (tuple(record[key].shape), record[key].dtype) != wire[key]]
     if isinstance(record, MetricRecord):
         return [f"{where}: metric {key} is {type(value).__name__}, not a scalar" for key, value in record.items()
                 if isinstance(value, bool) or not isinstance(value, (int, float))]
@@ -81,6 +83,8 @@ def test_a_node_sends_only_weights_scalar_metrics_stats_and_its_public_name(tmp_
         stop_local_superlink(home)
 
     trainable = models.trainable_state(tiny_policy)
+    encoded = codec.wire_layout(RunConfig.from_mapping(run_config).update_encoding,
+                                codec.layout_of({k: v.numpy() for k, v in trainable.items()}))
     schema = models.policy_schema(tiny_config, None)
     joints = max(schema.state_dim, schema.action_dim)
     found, kinds = [], []
@@ -93,7 +97,7 @@ def test_a_node_sends_only_weights_scalar_metrics_stats_and_its_public_name(tmp_
                   if place.encode() in wire]
         content = recorddict_from_proto(ProtoRecordDict.FromString(wire))
         for name, record in content.items():
-            found += problems(kind, name, record, trainable, joints)
+            found += problems(kind, name, record, encoded, joints)
     ledger.book("what leaves a node: every reply of a run checked", runs_completed=int(result.returncode == 0),
                 secrets_found=len(found))
 

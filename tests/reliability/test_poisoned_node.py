@@ -34,8 +34,10 @@ log = get_logger(__name__)
 SCALE = -20.0
 ATTACKER_PARTITION = 0
 ROUNDS = 2
+# The attacks below rewrite fp32 weights, so the updates travel as fp32 (a hostile node could as well send int8
+# deltas of its choosing: the screen and the aggregation see the decoded weights either way).
 FEDERATION = {**EMBEDDED_OVERRIDES, "num-server-rounds": ROUNDS, "local-steps": 20, "min-train-nodes": 4,
-              "min-available-nodes": 4}
+              "min-available-nodes": 4, "update-encoding": "fp32"}
 # Flower's trimmed mean cuts int(beta * 4) updates from each end: 0.25 cuts the one hostile update of four.
 ROBUST = {"aggregation": "fedtrimmedavg", "trim-beta": 0.25, "num-malicious-nodes": 1}
 
