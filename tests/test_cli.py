@@ -25,7 +25,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) ->
 def test_help_is_fast_and_lists_commands():
     result = fedvla("--help")
     assert result.returncode == 0
-    assert "train" in result.stdout
+    for command in ("train", "node", "demo", "check", "predict", "status", "push", "certs", "keys"):
+        assert command in result.stdout, command
+    loaded = subprocess.run([sys.executable, "-c", "import sys, app.cli; app.cli.build_parser(); "
+                             "print(sorted(m for m in ('torch', 'lerobot', 'flwr') if m in sys.modules))"],
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.stdout.strip() == "[]", "the command line imports no heavy library before a command runs"
 
 
 def test_non_integer_steps():
