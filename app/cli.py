@@ -143,6 +143,7 @@ def _add_check_parser(sub) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import contextlib
     import json
     from dataclasses import asdict
 
@@ -152,7 +153,8 @@ def _check(args: argparse.Namespace) -> int:
     from app.node import inspect_dataset
 
     settings = _checked_settings(args, args.dataset)
-    check = inspect_dataset(*settings.values())
+    with contextlib.redirect_stdout(sys.stderr):  # what libraries print while loading is not the report
+        check = inspect_dataset(*settings.values())
     if args.json:
         sys.stdout.write(json.dumps({"ok": check.ok, "settings": settings, **asdict(check)}, indent=2) + "\n")
         return 0 if check.ok else 1
@@ -189,6 +191,7 @@ def _add_predict_parser(sub) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import contextlib
     import json
     import re
 
@@ -203,8 +206,9 @@ def _predict(args: argparse.Namespace) -> int:
     where = run_dir if (run_dir / "run_config.json").is_file() else Path.cwd()
     name = f"{args.checkpoint.name}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', args.dataset)}_ep{args.episode}.png"
     chart = args.chart or where / "predictions" / name
-    result = predict(args.checkpoint, args.dataset, args.episode, None if args.baseline == "none" else args.baseline,
-                     args.camera_map, chart, args.device)
+    with contextlib.redirect_stdout(sys.stderr):  # LeRobot prints as it builds a policy; stdout is the answer
+        result = predict(args.checkpoint, args.dataset, args.episode, None if args.baseline == "none" else args.baseline,
+                         args.camera_map, chart, args.device)
     if args.json:
         sys.stdout.write(json.dumps({"dataset": result.dataset, "episode": result.episode, "frames": result.frames,
                                      "chart": str(result.chart), "policies": [
