@@ -56,11 +56,9 @@ def base_model_of(checkpoint: Path) -> str | None:
 
 def _episode_frames(dataset_uri: str, episode: int, camera_map: str, model: str):
     from app.config import parse_camera_map
-    from app.data import open_dataset, rename_cameras, resolve_dataset_uri
+    from app.data import open_dataset, open_metadata, rename_cameras, resolve_dataset_uri
 
     ref = resolve_dataset_uri(dataset_uri)
-    from app.data import open_metadata
-
     meta = open_metadata(ref)
     if not 0 <= episode < meta.total_episodes:
         raise UserError(f"dataset {dataset_uri!r} has episodes 0..{meta.total_episodes - 1}, not {episode}")
@@ -107,10 +105,9 @@ def predict(checkpoint: Path, dataset_uri: str, episode: int = 0, baseline: str 
         error = {joint: sum(abs(p[j] - r[j]) for p, r in zip(predicted, recorded, strict=True)) / len(recorded)
                  for j, joint in enumerate(joints)}
         scores.append(EpisodeScore(label, error, predicted))
-    result = Prediction(dataset_uri, episode, len(recorded), recorded, scores)
+    result = Prediction(dataset_uri, episode, len(recorded), recorded, scores, chart)
     if chart is not None:
         draw(result, joints, chart)
-        result = Prediction(dataset_uri, episode, len(recorded), recorded, scores, chart)
     return result
 
 
