@@ -123,6 +123,13 @@ def resolve_device(device: str) -> str:
 AGGREGATIONS = ("fedprox", "fedtrimmedavg", "fedmedian", "krum", "multikrum", "bulyan")
 # app.codec's encodings (kept here too, so reading a config needs neither NumPy nor Flower).
 UPDATE_ENCODINGS = ("fp32", "bf16", "int8-delta", "int4-delta")
+# Flower's server-side optimizers (flwr.serverapp.strategy) a run can apply to each round's aggregate: the aggregate
+# minus the global weights is a pseudo-gradient, which FedAvgM steps with momentum and FedAdam, FedYogi and FedAdagrad
+# with per-parameter adaptive steps (Hsu et al. 2019; Reddi et al. 2021). "none": the aggregate is the new model.
+SERVER_OPTIMIZERS = ("none", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+# Their step sizes when server-lr is 0: Flower's defaults (FedAvgM's 1.0 is plain FedAvg plus momentum; the adaptive
+# ones move every parameter by about server-lr a round, so theirs is much smaller).
+SERVER_LR_DEFAULTS = {"fedavgm": 1.0, "fedadam": 0.1, "fedyogi": 0.01, "fedadagrad": 0.1}
 # n >= a * f + b: the updates a round needs to withstand f hostile ones (the papers' bounds).
 BYZANTINE_BOUNDS = {"fedmedian": (2, 1), "krum": (2, 3), "multikrum": (2, 3), "bulyan": (4, 3)}
 
@@ -181,6 +188,11 @@ class RunConfig:
     # while a node cannot make the server decode gigabytes; raise it when training more of a bigger model.
     max_update_mb: float = 1024.0
     update_encoding: str = "int8-delta"  # how weights travel, both ways: one of app.codec.ENCODINGS (README)
+    server_optimizer: str = "none"  # one of SERVER_OPTIMIZERS, applied to each round's aggregate
+    server_lr: float = 0.0  # the server optimizer's step size; 0: its default (SERVER_LR_DEFAULTS)
+    server_momentum: float = 0.9  # FedAvgM's momentum; FedAdam's and FedYogi's beta_1 (FedAdagrad has none)
+    # AdamW's moments carried from one round to the next on a node that stays warm (restarted every round otherwise)
+    keep_optimizer_state: bool = False
     round_timeout: float = 1800.0  # seconds a round waits for replies (a lost node is noticed sooner, by heartbeat)
     node_wait_timeout: float = 600.0  # seconds to wait for min-available-nodes before the run gives up
     early_stop_patience: int = 0  # 0: never stop early
@@ -231,6 +243,10 @@ class RunConfig:
             num_malicious_nodes=_int(raw, "num-malicious-nodes", d.num_malicious_nodes, 0),
             max_update_mb=_float(raw, "max-update-mb", d.max_update_mb, 0.0),
             update_encoding=_str(raw, "update-encoding", d.update_encoding).lower(),
+            server_optimizer=_str(raw, "server-optimizer", d.server_optimizer).lower(),
+            server_lr=_float(raw, "server-lr", d.server_lr, 0.0, 10.0),
+            server_momentum=_float(raw, "server-momentum", d.server_momentum, 0.0, 0.999),
+            keep_optimizer_state=_bool(raw, "keep-optimizer-state", d.keep_optimizer_state),
             round_timeout=_float(raw, "round-timeout", d.round_timeout, 1.0),
             node_wait_timeout=_float(raw, "node-wait-timeout", d.node_wait_timeout, 1.0),
             early_stop_patience=_int(raw, "early-stop-patience", d.early_stop_patience, 0),
@@ -255,6 +271,8 @@ class RunConfig:
         parse_camera_map(config.camera_map, config.model)
         if config.update_encoding not in UPDATE_ENCODINGS:
             raise ConfigError(f"update-encoding must be one of {', '.join(UPDATE_ENCODINGS)}, got {config.update_encoding!r}")
+        if config.server_optimizer not in SERVER_OPTIMIZERS:
+            raise ConfigError(f"server-optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {config.server_optimizer!r}")
         config._check_aggregation()
         return config
 
@@ -275,6 +293,11 @@ class RunConfig:
                 f"{self.updates_needed} updates a round ({rule}), but min-train-nodes={self.min_train_nodes}: raise "
                 f"min-train-nodes and min-available-nodes to {self.updates_needed}, or lower num-malicious-nodes"
                 + (" (or raise trim-beta)" if self.aggregation == "fedtrimmedavg" else ""))
+
+    @property
+    def server_step(self) -> float:
+        """The server optimizer's step size: server-lr, or the chosen optimizer's default."""
+        return self.server_lr or SERVER_LR_DEFAULTS.get(self.server_optimizer, 1.0)
 
     @property
     def updates_needed(self) -> int:

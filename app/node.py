@@ -129,6 +129,7 @@ class Learner:
         self.fingerprint = models.frozen_fingerprint(self.policy)
         self._processors: tuple[str, tuple] | None = None
         self._stats: dict[str, dict[str, Any]] | None = None
+        self._optimizer_state: dict | None = None  # AdamW's, between rounds, with keep-optimizer-state
 
     def local_stats(self) -> dict[str, list[float]]:
         """The normalization stats this participant contributes to the federation's. A node with a dataset of its
@@ -185,7 +186,10 @@ class Learner:
             proximal_mu=self.run.proximal_mu,
             seed=self.run.seed + server_round,
         )
-        result = train(self.policy, preprocessor, self.data.train, settings, reference=arrays, on_step=on_step)
+        result = train(self.policy, preprocessor, self.data.train, settings, reference=arrays, on_step=on_step,
+                       optimizer_state=self._optimizer_state)
+        if self.run.keep_optimizer_state:
+            self._optimizer_state = result.optimizer_state
         return RoundResult(
             arrays={k: v.to("cpu") for k, v in models.trainable_state(self.policy).items()},
             metrics={

@@ -1,8 +1,9 @@
 """Carrying a run on after its ServerApp or its SuperLink died, without losing or repeating a completed round.
 
 After every completed round the ServerApp saves `server/state/round_<N>/` in the run's outputs directory: the
-global trainable arrays (arrays.safetensors) and state.json (the round, the federation's normalization stats, the
-early-stopping state), sealed with a manifest like a checkpoint (app.checkpoint), then removes older states. At the
+global trainable arrays (arrays.safetensors), the server optimizer's state if the run has one
+(server_optimizer.safetensors: momentum, moments) and state.json (the round, the federation's normalization stats,
+the early-stopping state), sealed with a manifest like a checkpoint (app.checkpoint), then removes older states. At the
 run's end it writes `server/state/finished.json`.
 
 A run submitted again with the same run-config and `resume-from = "latest"` (the default) looks for the newest run
@@ -48,12 +49,22 @@ def _round_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def save_round_state(run_dir: Path, state: RoundState, arrays: Mapping[str, Any]) -> Path:
-    """Seal round `state.round`'s state beside the run's outputs, then drop the older ones."""
+SERVER_OPTIMIZER_FILE = "server_optimizer.safetensors"
+
+
+def save_round_state(run_dir: Path, state: RoundState, arrays: Mapping[str, Any],
+                     server_optimizer: Mapping[str, Any] | None = None) -> Path:
+    """Seal round `state.round`'s state (global arrays as torch tensors; the server optimizer's as NumPy arrays)
+    beside the run's outputs, then drop the older ones."""
+    import numpy as np
+    from safetensors.numpy import save_file as save_numpy
     from safetensors.torch import save_file
 
     def fill(directory: Path) -> None:
         save_file({k: v.contiguous() for k, v in arrays.items()}, str(directory / "arrays.safetensors"))
+        if server_optimizer:
+            save_numpy({k: np.ascontiguousarray(v) for k, v in server_optimizer.items()},
+                       str(directory / SERVER_OPTIMIZER_FILE))
         (directory / "state.json").write_text(json.dumps(asdict(state), allow_nan=True))
         seal(directory)
 
@@ -64,15 +75,19 @@ def save_round_state(run_dir: Path, state: RoundState, arrays: Mapping[str, Any]
     return path
 
 
-def load_round_state(run_dir: Path) -> tuple[RoundState, dict] | None:
-    """The newest state of the run that verifies (a damaged one is logged and skipped), or None."""
+def load_round_state(run_dir: Path) -> tuple[RoundState, dict, dict] | None:
+    """The newest state of the run that verifies (a damaged one is logged and skipped): the state, the global
+    arrays and the server optimizer's arrays ({} without one); or None."""
+    from safetensors.numpy import load_file as load_numpy
     from safetensors.torch import load_file
 
     for _, path in reversed(_round_dirs(run_dir)):
         try:
             verify_checkpoint(path)
             state = RoundState(**json.loads((path / "state.json").read_text()))
-            return state, load_file(str(path / "arrays.safetensors"))
+            optimizer_file = path / SERVER_OPTIMIZER_FILE
+            optimizer = load_numpy(str(optimizer_file)) if optimizer_file.is_file() else {}
+            return state, load_file(str(path / "arrays.safetensors")), optimizer
         except (CheckpointError, ValueError, TypeError, OSError) as exc:
             log.error("round_state_corrupt", path=str(path), why=str(exc))
     return None

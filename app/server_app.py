@@ -30,6 +30,22 @@ app = ServerApp()
 REPLY_POLL_SECONDS = 0.25
 
 
+def pull_replies(grid: Grid, message_ids: set[str]) -> list[Message]:
+    """The replies that have come in, or none this time when the SuperLink answers with a server error: on a loaded
+    machine its SQLite state can stay locked past Flower's 5 s busy timeout ("database is locked"), and a pull that
+    failed delivered nothing, so the next poll asks again. Other errors end the run as before."""
+    import httpx
+
+    try:
+        return list(grid.pull_messages(message_ids))
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code < 500:
+            raise
+        log.warning("superlink_busy", status=exc.response.status_code, url=str(exc.request.url),
+                    then="asking again at the next poll")
+        return []
+
+
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
                      on_reply: Callable[[Message], None]) -> list[int]:
     """`Grid.send_and_receive`, but handing each reply to `on_reply` as it arrives (so a round's replies need not
@@ -43,7 +59,7 @@ def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
     received = 0
     while pending and time.monotonic() < started + timeout:
         time.sleep(REPLY_POLL_SECONDS)
-        for reply in grid.pull_messages(set(pending)):
+        for reply in pull_replies(grid, set(pending)):
             pending.pop(reply.metadata.reply_to_message_id, None)
             received += 1
             on_reply(reply)
@@ -229,14 +245,15 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
     early_stop = EarlyStop(run.early_stop_patience, run.early_stop_min_delta)
     saved = load_round_state(outputs.root) if run.resume_from == LATEST else None
     if saved is not None:  # an interrupted run of this directory: carry on after its last completed round
-        state, saved_arrays = saved
+        state, saved_arrays, saved_optimizer = saved
         models.load_trainable_state(server.policy, saved_arrays)
         stats, first_round = state.norm_stats, state.round + 1
         early_stop.best, early_stop.stale = state.best_loss, state.stale
-        log.info("run_continued", rounds_done=state.round, outputs=str(outputs.root))
+        log.info("run_continued", rounds_done=state.round, outputs=str(outputs.root),
+                 server_optimizer_state=bool(saved_optimizer))
     else:
         stats = collect_federated_stats(grid, run, server.fingerprint)
-        first_round = resume(server, run) + 1
+        first_round, saved_optimizer = resume(server, run) + 1, {}  # resume-from a checkpoint: weights only
     node_datasets: dict[int, str] = {}  # node id -> dataset; a node's data is kept by id, as names may clash
     replies: dict[int, dict[int, dict]] = {}  # round -> node id -> kind -> metrics
 
@@ -250,6 +267,8 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
 
     arrays = ArrayRecord(models.trainable_state(server.policy))
     strategy = FedVLA(run, server.fingerprint, stats, arrays, on_replies)
+    if strategy.server_optimizer is not None:
+        strategy.server_optimizer.load_state(saved_optimizer)
     if first_round - 1 in outputs.server_eval:  # evaluated before the interruption
         initial = {"eval-loss": outputs.server_eval[first_round - 1]}
     else:
@@ -326,7 +345,8 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         else:
             complete(summary)
         save_round_state(outputs.root, RoundState(server_round, stats, early_stop.best, early_stop.stale),
-                         arrays.to_torch_state_dict())
+                         arrays.to_torch_state_dict(),
+                         strategy.server_optimizer.state() if strategy.server_optimizer is not None else None)
         if stop:
             log.info("early_stop", round=server_round, best=early_stop.best)
             break

@@ -19,11 +19,13 @@ By default the result is FedProx's sample-weighted average of the trainable arra
 aggregation, up to float rounding); with `aggregation` one of Flower's robust strategies (trimmed mean, median,
 Krum, MultiKrum, Bulyan) combines the screened updates instead. Those need every update at once, so their replies
 are kept, decoded to fp32, until the round closes; FedVLA still samples, configures (proximal-mu included) and
-screens.
+screens. With `server-optimizer` (Flower's FedAvgM, FedAdam, FedYogi or FedAdagrad) the round's aggregate, however
+it was made, is a pseudo-gradient that the server optimizer steps the global model with.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -33,8 +35,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import FLOWER_LOGGER
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy import (Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg,
+                                     FedYogi, Krum, MultiKrum)
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from app import codec
@@ -171,6 +175,66 @@ def aggregator(run: RunConfig) -> FedAvg:
     return build[run.aggregation]()
 
 
+class ServerOptimizer:
+    """A server-side optimizer step on each round's aggregate (run-config `server-optimizer`): the aggregate minus
+    the global weights is a pseudo-gradient that Flower's FedAvgM steps with momentum, and FedAdam, FedYogi and
+    FedAdagrad with per-parameter adaptive steps. Flower's strategies aggregate and step in one call; here the
+    aggregate is already made (streamed, or by a robust aggregation), so it is handed to them as a round's one
+    reply, which their sample-weighted average leaves as it is. Their state (momentum, moments) is one to three
+    models' worth of memory on the server, whatever the number of nodes, and is saved with each round's state so a
+    carried-on run steps as an uninterrupted one would."""
+
+    # per optimizer: the attributes that hold its state between rounds, each a dict or list of arrays
+    STATE = {"fedavgm": ("momentum_vector",), "fedadam": ("m_t", "v_t"), "fedyogi": ("m_t", "v_t"),
+             "fedadagrad": ("m_t", "v_t")}
+
+    def __init__(self, run: RunConfig):
+        self.name = run.server_optimizer
+        build = {
+            "fedavgm": lambda: FedAvgM(server_learning_rate=run.server_step, server_momentum=run.server_momentum),
+            "fedadam": lambda: FedAdam(eta=run.server_step, beta_1=run.server_momentum),
+            "fedyogi": lambda: FedYogi(eta=run.server_step, beta_1=run.server_momentum),
+            "fedadagrad": lambda: FedAdagrad(eta=run.server_step),
+        }
+        self.flower = build[self.name]()
+
+    def step(self, server_round: int, current: ArrayRecord, aggregate: ArrayRecord) -> ArrayRecord:
+        """The new global arrays: `current` (the global model the round trained from) moved by the round's
+        `aggregate`, in float32 like the model (the adaptive optimizers compute in float64)."""
+        if isinstance(self.flower, FedAvgM):  # FedAvgM keeps an ArrayRecord, the others plain arrays
+            self.flower.current_arrays = current
+        else:
+            self.flower.current_arrays = {name: codec.view(array) for name, array in current.items()}
+        reply = Message(RecordDict({"arrays": aggregate, "metrics": MetricRecord({"num-examples": 1})}),
+                        dst_node_id=0, message_type=MessageType.TRAIN)
+        flower_level = FLOWER_LOGGER.level
+        FLOWER_LOGGER.setLevel(logging.WARNING)  # its "Received 1 results" would misreport the round in run.log
+        try:
+            stepped, _ = self.flower.aggregate_train(server_round, [reply])
+        finally:
+            FLOWER_LOGGER.setLevel(flower_level)
+        return ArrayRecord({name: Array(np.asarray(codec.view(array), dtype=np.float32))
+                            for name, array in stepped.items()})
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The optimizer's state as flat named arrays ("m_t/<name>", "momentum_vector/<index>"); {} before round 1."""
+        flat = {}
+        for attribute in self.STATE[self.name]:
+            held = getattr(self.flower, attribute) or {}
+            for key, values in (held.items() if isinstance(held, dict) else enumerate(held)):
+                flat[f"{attribute}/{key}"] = np.asarray(values)
+        return flat
+
+    def load_state(self, flat: Mapping[str, np.ndarray]) -> None:
+        for attribute in self.STATE[self.name]:
+            prefix = f"{attribute}/"
+            held = {key.removeprefix(prefix): np.array(v) for key, v in flat.items() if key.startswith(prefix)}
+            if attribute == "momentum_vector":  # a list, in the model's array order
+                setattr(self.flower, attribute, [held[str(i)] for i in range(len(held))] or None)
+            else:
+                setattr(self.flower, attribute, held or None)
+
+
 def wait_for_nodes(grid: Grid, needed: int, timeout: float, known: Mapping[int, str] | None = None,
                    poll_seconds: float = 1.0, say_every: float = 10.0) -> list[int]:
     """The connected node ids, once at least `needed` are connected. Says every `say_every` s how many are there and
@@ -214,6 +278,7 @@ class FedVLA(FedProx):
         self.expected = ExpectedUpdate.like(global_arrays, run.max_update_mb, run.update_encoding)
         self.broadcast = codec.Broadcast(run.update_encoding)
         self.aggregator = aggregator(run)
+        self.server_optimizer = ServerOptimizer(run) if run.server_optimizer != "none" else None
         # A round needs min-replies usable updates, and as many as the aggregation needs to outvote hostile ones.
         self.replies_needed = max(run.min_replies, run.updates_needed)
         self.on_replies = on_replies
@@ -222,6 +287,7 @@ class FedVLA(FedProx):
         self.names: dict[int, str] = {}  # node id -> the name its replies give
         self.traffic: dict[int, dict[str, int]] = defaultdict(lambda: {"bytes-sent": 0, "bytes-received": 0})
         self._round: _TrainRound | None = None
+        self._global: ArrayRecord | None = None  # the arrays of the last configure_train
 
     def _messages(self, server_round: int, arrays: ArrayRecord, global_round: int, node_ids: list[int],
                   config: ConfigRecord, message_type: str) -> list[Message]:
@@ -236,6 +302,7 @@ class FedVLA(FedProx):
         return [Message(content=contents[n], message_type=message_type, dst_node_id=n) for n in node_ids]
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self._global = arrays
         wait_for_nodes(grid, self.run.min_available_nodes, self.run.node_wait_timeout, self.names)
         sample_size = max(int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes)
         node_ids, _ = sample_nodes(grid, self.min_available_nodes, sample_size)
@@ -282,7 +349,8 @@ class FedVLA(FedProx):
 
     def open_train_round(self, server_round: int) -> None:
         """Start taking `server_round`'s train replies, one at a time as they arrive (`receive_train`)."""
-        self._round = _TrainRound(server_round, WeightedMean() if self.run.aggregation == "fedprox" else None)
+        self._round = _TrainRound(server_round, WeightedMean() if self.run.aggregation == "fedprox" else None,
+                                  self._global)
 
     def receive_train(self, reply: Message) -> None:
         """Screen one train reply and fold it in (or, for a robust aggregation, keep it decoded). The caller can
@@ -313,8 +381,11 @@ class FedVLA(FedProx):
         # The round's train loss is every usable node's, whichever updates the aggregation keeps (Krum keeps one).
         metrics = self.train_metrics_aggr_fn(current.metrics, self.weighted_by_key)
         if current.mean is not None:
-            return current.mean.result(), metrics
-        arrays, _ = self.aggregator.aggregate_train(current.server_round, current.kept)
+            arrays = current.mean.result()
+        else:
+            arrays, _ = self.aggregator.aggregate_train(current.server_round, current.kept)
+        if self.server_optimizer is not None:
+            arrays = self.server_optimizer.step(current.server_round, current.trained_from, arrays)
         return arrays, metrics
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -361,6 +432,7 @@ class _TrainRound:
 
     server_round: int
     mean: WeightedMean | None
+    trained_from: ArrayRecord | None  # the global arrays the round's train messages carried
     kept: list[Message] = field(default_factory=list)
     reports: list[NodeReport] = field(default_factory=list)
     metrics: list[RecordDict] = field(default_factory=list)

@@ -37,6 +37,7 @@ class TrainResult:
     samples: int = 0
     steps: int = 0
     seconds: float = 0.0
+    optimizer_state: dict | None = None  # AdamW's per-parameter state after the last step (its moments)
 
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
@@ -80,13 +81,18 @@ def train(
     settings: TrainSettings,
     reference: dict[str, torch.Tensor] | None = None,
     on_step: Callable[[int, float], None] | None = None,
+    optimizer_state: dict | None = None,
 ) -> TrainResult:
-    """Run `settings.steps` optimizer steps; with `settings.proximal_mu > 0`, pull towards `reference`."""
+    """Run `settings.steps` optimizer steps; with `settings.proximal_mu > 0`, pull towards `reference`. AdamW starts
+    from `optimizer_state` (an earlier result's) when given, else afresh; this call's settings (lr, weight decay)
+    apply either way."""
     import torch
 
     torch.manual_seed(settings.seed)
     trainable = {name: p for name, p in policy.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(trainable.values(), lr=settings.lr, weight_decay=settings.weight_decay)
+    if optimizer_state is not None:  # the moments only: the param groups (lr and the rest) are this call's
+        optimizer.load_state_dict({"state": optimizer_state, "param_groups": optimizer.state_dict()["param_groups"]})
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, settings.steps, settings.warmup_steps, settings.lr_min_ratio)
     )
@@ -117,4 +123,5 @@ def train(
             on_step(step, result.losses[-1])
     result.seconds = time.perf_counter() - start
     result.loss = sum(result.losses) / max(1, len(result.losses))
+    result.optimizer_state = optimizer.state_dict()["state"]
     return result

@@ -16,6 +16,9 @@ is scored by the same server Learner on embedded:server-eval (all four task fami
   schedule: each round-equivalent chunk of 4 x local-steps steps at that round's learning rate, held constant as a
   node holds it. Target: FedProx within 3 % of centralized; FedAvg (proximal-mu 0) beside it.
 - one lever: FedProx fp32 with twice the rounds and half the local steps (the same total steps).
+- more levers, only when named with --only (LEVERS): a smaller mu, FedAvg with twice the rounds and half the local
+  steps, Flower's server-side optimizers (FedAvgM, FedAdam, FedYogi) on each round's aggregate, and AdamW's moments
+  kept on the nodes from one round to the next.
 - a yardstick for (b): FedProx fp32 with seed + 1 (which also re-splits the nodes' held-out episodes): how far
   the final loss moves from a seed alone.
 
@@ -35,6 +38,7 @@ Seconds per run are therefore this bench's, not a federation's (bench.federated_
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -44,6 +48,18 @@ from app.telemetry import configure_logging
 NODES = 4
 CACHE = True  # decode each dataset item once (see Cached)
 CHUNK_ADAMW = "restarted per round-equivalent chunk, as each node restarts it every round"
+HALF_STEPS = "-2x-rounds-half-steps"  # a lever's name ending so: twice the rounds, half the local steps
+# Levers on federated vs centralized beyond the standard set, run only when named with --only: run-config overrides.
+LEVERS = {
+    "fedprox-mu0.001-fp32": {"proximal-mu": 0.001},
+    "fedavg-fp32" + HALF_STEPS: {"proximal-mu": 0.0},
+    # server-side optimizers on each round's aggregate (Flower's FedAvgM, FedAdam, FedYogi)
+    "fedavgm-fp32": {"server-optimizer": "fedavgm", "server-momentum": 0.9},
+    "fedadam-fp32": {"server-optimizer": "fedadam", "server-lr": 0.01},
+    "fedyogi-fp32": {"server-optimizer": "fedyogi", "server-lr": 0.01},
+    # AdamW's moments kept on each (warm) node from one round to the next
+    "fedprox-keep-adamw-fp32": {"keep-optimizer-state": True},
+}
 
 
 class Cached:
@@ -201,6 +217,8 @@ def federated(setup: Setup, label: str, run_id: int, **overrides) -> dict:
               f"({time.perf_counter() - round_started:.1f} s)", flush=True)
     learners.release()
     return {"kind": "federated", "update-encoding": run.update_encoding, "proximal-mu": run.proximal_mu,
+            "server-optimizer": run.server_optimizer, "server-lr": run.server_step,
+            "server-momentum": run.server_momentum, "keep-optimizer-state": run.keep_optimizer_state,
             "rounds": run.num_server_rounds, "local-steps": run.local_steps, "nodes": NODES,
             "total-optimizer-steps": NODES * run.num_server_rounds * run.local_steps,
             "final-server-eval-loss": curve[-1], "server-eval-loss-curve": curve, "train-loss-curve": train_loss,
@@ -283,8 +301,8 @@ def main() -> None:
     parser.add_argument("--local-steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--no-lever", action="store_true", help="skip the more-rounds-fewer-steps run")
-    parser.add_argument("--only", default="", help="comma-separated run names (a subset, or the extra levers "
-                        "fedprox-mu0.001-fp32 and fedavg-fp32-2x-rounds-half-steps); default: the standard set")
+    parser.add_argument("--only", default="", help="comma-separated run names: a subset, or of the extra levers "
+                        f"{', '.join(LEVERS)}; default: the standard set")
     parser.add_argument("--name", default="learning_quality", help="result file name under bench/results/")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on a shared 2-core machine, 2 threads ran 10x slower)")
@@ -317,11 +335,10 @@ def main() -> None:
         plan[lever] = lambda i: federated(setup, lever, i, **{"num-server-rounds": 2 * args.rounds,
                                                               "local-steps": args.local_steps // 2})
     wanted = [n for n in args.only.split(",") if n] or list(plan)
-    # More levers, only when asked for by name (--only): not part of the default run.
-    half = {"num-server-rounds": 2 * args.rounds, "local-steps": max(1, args.local_steps // 2)}
-    plan["fedprox-mu0.001-fp32"] = lambda i: federated(setup, "fedprox-mu0.001-fp32", i, **{"proximal-mu": 0.001})
-    plan["fedavg-fp32-2x-rounds-half-steps"] = lambda i: federated(setup, "fedavg-fp32-2x-rounds-half-steps", i,
-                                                                   **{"proximal-mu": 0.0, **half})
+    for name, overrides in LEVERS.items():  # only when asked for by name (--only)
+        if name.endswith(HALF_STEPS):
+            overrides = {**overrides, "num-server-rounds": 2 * args.rounds, "local-steps": max(1, args.local_steps // 2)}
+        plan[name] = functools.partial(federated, setup, name, **overrides)
     runs = {}
     for run_id, name in enumerate(wanted, start=1):
         runs[name] = plan[name](run_id)

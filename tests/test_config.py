@@ -127,3 +127,29 @@ def test_camera_map_parsing():
     with pytest.raises(ConfigError, match="camera-map"):
         NodeConfig.from_mapping({"dataset-uri": "/x", "camera-map": "top"})
     assert NodeConfig.from_mapping({"dataset-uri": "/x"}).camera_map is None
+
+
+def test_server_optimizer_step_sizes_default_to_flowers():
+    assert RunConfig.from_mapping({}).server_optimizer == "none"
+    assert RunConfig.from_mapping({"server-optimizer": "fedavgm"}).server_step == 1.0
+    assert RunConfig.from_mapping({"server-optimizer": "FedAdam"}).server_step == 0.1
+    assert RunConfig.from_mapping({"server-optimizer": "fedyogi", "server-lr": 0.003}).server_step == 0.003
+    with pytest.raises(ConfigError, match="server-optimizer must be one of none, fedavgm, fedadam"):
+        RunConfig.from_mapping({"server-optimizer": "sgd"})
+
+
+def test_every_run_config_key_has_one_default_in_the_dataclass_pyproject_and_readme():
+    import re
+    import tomllib
+    from dataclasses import fields
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    declared = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    defaults = RunConfig()
+    keys = [f.name.replace("_", "-") for f in fields(RunConfig)]
+    assert list(declared) == keys, "pyproject.toml's [tool.flwr.app.config] lists the dataclass's keys, in order"
+    assert RunConfig.from_mapping(declared) == defaults, "pyproject.toml's values are the dataclass's defaults"
+    documented = re.findall(r"^\| `([a-z0-9-]+)` \| ", (repo / "README.md").read_text().split("## Run configuration")[1]
+                            .split("\n## ")[0], flags=re.MULTILINE)
+    assert documented == keys, "the README's run-config table lists every key, in the dataclass's order"

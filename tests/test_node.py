@@ -106,3 +106,33 @@ def test_the_servers_learner_evaluates_on_every_episode_and_never_trains(shared_
     assert server.evaluate(model.trainable_state(server.policy), server.local_stats())["num-examples"] == 48
     with pytest.raises(RuntimeError, match="evaluation only"):
         server.train_round({}, server.local_stats(), 1e-3, 1)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_adamw_state_survives_rounds_only_when_the_run_keeps_it(shared_dataset, keep):
+    from app import model
+    from app.node import Learner
+
+    learner = Learner(_run(**{"local-steps": 3, "keep-optimizer-state": keep}), str(shared_dataset))
+    start = {k: v.clone() for k, v in model.trainable_state(learner.policy).items()}
+    learner.train_round(start, learner.local_stats(), 1e-3, 1)
+    if not keep:
+        assert learner._optimizer_state is None
+        return
+    assert {int(s["step"]) for s in learner._optimizer_state.values()} == {3}
+    learner.train_round(start, learner.local_stats(), 1e-3, 2)
+    assert {int(s["step"]) for s in learner._optimizer_state.values()} == {6}  # one run of moments, not two
+
+
+def test_a_kept_adamw_state_moves_weights_with_this_rounds_learning_rate(shared_dataset):
+    import torch
+
+    from app import model
+    from app.node import Learner
+
+    learner = Learner(_run(**{"local-steps": 3, "keep-optimizer-state": True, "proximal-mu": 0.0}), str(shared_dataset))
+    start = {k: v.clone() for k, v in model.trainable_state(learner.policy).items()}
+    learner.train_round(start, learner.local_stats(), 1e-3, 1)
+    result = learner.train_round(start, learner.local_stats(), 0.0, 2)  # lr 0: not the saved state's 1e-3
+    for name, values in result.arrays.items():
+        torch.testing.assert_close(values, start[name], atol=1e-6, rtol=0)

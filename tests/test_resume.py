@@ -24,7 +24,7 @@ def test_the_newest_round_state_is_loaded_and_older_ones_removed(tmp_path):
     run = run_dir(tmp_path, "2026-01-01_00-00-00")
     save_round_state(run, state(1), {"w": torch.zeros(2)})
     save_round_state(run, state(2), {"w": torch.ones(2)})
-    loaded, arrays = load_round_state(run)
+    loaded, arrays, _ = load_round_state(run)
     assert loaded == state(2) and torch.equal(arrays["w"], torch.ones(2))
     assert sorted(p.name for p in (run / STATE_DIR).iterdir()) == ["round_2"]
 
@@ -38,7 +38,7 @@ def test_a_damaged_state_is_skipped_for_the_one_before(tmp_path):
     save_round_state(run, state(2), {"w": torch.ones(2)})
     kept.rename(older)  # as if the removal of round 1 had not happened yet
     (run / STATE_DIR / "round_2" / "arrays.safetensors").write_bytes(b"garbage")
-    loaded, arrays = load_round_state(run)
+    loaded, arrays, _ = load_round_state(run)
     assert loaded.round == 1 and torch.equal(arrays["w"], torch.zeros(2))
 
 
@@ -53,3 +53,18 @@ def test_only_an_unfinished_run_with_the_same_run_config_is_carried_on(tmp_path)
     mark_finished(interrupted)
     assert (interrupted / STATE_DIR / FINISHED).exists()
     assert find_unfinished_run(tmp_path, CONFIG) is None
+
+
+def test_the_server_optimizers_state_is_kept_with_the_round(tmp_path):
+    import numpy as np
+
+    from app.resume import SERVER_OPTIMIZER_FILE
+
+    run = run_dir(tmp_path, "2026-01-01_00-00-00")
+    save_round_state(run, state(1), {"w": torch.zeros(2)})
+    assert load_round_state(run)[2] == {}  # none without a server optimizer
+    momentum = {"m_t/w": np.full(2, 0.25, np.float32), "v_t/w": np.full(2, 0.5, np.float32)}
+    save_round_state(run, state(2), {"w": torch.ones(2)}, momentum)
+    assert (run / STATE_DIR / "round_2" / SERVER_OPTIMIZER_FILE).is_file()
+    _, _, loaded = load_round_state(run)
+    assert loaded.keys() == momentum.keys() and all(np.array_equal(loaded[k], momentum[k]) for k in momentum)

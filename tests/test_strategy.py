@@ -317,3 +317,47 @@ def test_the_final_model_is_evaluated_by_a_share_of_a_large_federation():
     arrays = ArrayRecord({"w": Array(np.zeros(2)), "b": Array(np.zeros(2))})
     messages = s.configure_evaluate(4, arrays, ConfigRecord({"final": True}), ChangingGrid(list(range(1, 101))))
     assert len(messages) == 10 and len({m.metadata.dst_node_id for m in messages}) == 10
+
+
+def test_fedavgm_steps_the_streamed_mean_with_momentum():
+    s, _ = strategy(**{"server-optimizer": "fedavgm", "server-momentum": 0.5})
+    arrays = GLOBAL  # zeros
+    for server_round, expected in ((1, 1.0), (2, 2.5)):
+        s.configure_train(server_round, arrays, ConfigRecord(), FakeGrid())
+        mean = float(arrays["w"].numpy()[0]) + 1.0  # both nodes move the weights by +1 this round
+        arrays, _ = s.aggregate_train(server_round, [train_reply(1, mean, 10), train_reply(2, mean, 30)])
+        # round 1: the step is the mean's (+1); round 2: +1 plus half of round 1's step
+        np.testing.assert_allclose(arrays["w"].numpy(), [expected, expected])
+        assert arrays["w"].dtype == "float32"
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_adaptive_server_optimizers_step_in_float32_and_resume_where_they_were(name):
+    from app.strategy import ServerOptimizer
+
+    def run(rounds, optimizer, arrays):
+        for server_round in rounds:
+            aggregate = ArrayRecord({k: Array(a.numpy() + 0.1 * server_round) for k, a in arrays.items()})
+            arrays = optimizer.step(server_round, arrays, aggregate)
+        return arrays
+
+    run_config = RunConfig.from_mapping({"server-optimizer": name, "server-lr": 0.01})
+    straight = run((1, 2, 3), ServerOptimizer(run_config), GLOBAL)
+    first = ServerOptimizer(run_config)
+    halfway = run((1, 2), first, GLOBAL)
+    carried_on = ServerOptimizer(run_config)  # a ServerApp after a crash, with the state saved after round 2
+    carried_on.load_state(first.state())
+    resumed = run((3,), carried_on, halfway)
+    for key in KEYS:
+        assert resumed[key].dtype == "float32" and straight[key].dtype == "float32"
+        np.testing.assert_array_equal(resumed[key].numpy(), straight[key].numpy())
+        assert 0 < resumed[key].numpy()[0] < 0.6  # it moved towards the aggregates, by adaptive steps
+
+
+def test_a_server_optimizer_applies_to_a_robust_aggregation_too():
+    s, _ = strategy(**{"server-optimizer": "fedavgm", "server-momentum": 0.0, "server-lr": 0.5,
+                       "aggregation": "fedmedian", "num-malicious-nodes": 1, "min-train-nodes": 3,
+                       "min-available-nodes": 3})
+    s.configure_train(1, GLOBAL, ConfigRecord(), ChangingGrid([1, 2, 3]))
+    arrays, _ = s.aggregate_train(1, [train_reply(1, 1.0, 10), train_reply(2, 2.0, 10), train_reply(3, 100.0, 10)])
+    np.testing.assert_allclose(arrays["w"].numpy(), [1.0, 1.0])  # half of the median's step from 0 to 2
