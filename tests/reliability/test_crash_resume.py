@@ -22,7 +22,7 @@ from app.launch import Deployment
 from tests.integration.conftest import NODES, command_line
 
 pytestmark = pytest.mark.integration
-ROUNDS = 4
+ROUNDS = 3  # killed in round 2 and in round 3, the last
 
 
 def serverapp_processes(deployment: Deployment) -> list[psutil.Process]:
@@ -45,7 +45,9 @@ def crashed_run(tmp_path_factory):
     embedded.ensure_base_model()
     embedded.ensure_server_eval_dataset()
     out = tmp_path_factory.mktemp("outputs")
-    run_config = {**EMBEDDED_OVERRIDES, "num-server-rounds": ROUNDS, "local-steps": 10, "output-dir": str(out)}
+    # with a server optimizer, whose momentum must be carried on too (tests/test_strategy.py checks the steps)
+    run_config = {**EMBEDDED_OVERRIDES, "num-server-rounds": ROUNDS, "local-steps": 10, "output-dir": str(out),
+                  "server-optimizer": "fedavgm"}
     with Deployment(tmp_path_factory.mktemp("deployment"), auth=True) as deployment:
         deployment.start_superlink(cwd=APP_DIR)
         for i, name in enumerate(NODES):
@@ -96,4 +98,7 @@ def test_the_carried_on_run_has_its_whole_history_and_a_sound_final_checkpoint(c
     rounds = json.loads((run_dir / "server" / "federated_metrics.json").read_text())["rounds"]
     assert all(r["client-eval-loss"] is not None for r in rounds), "the interrupted rounds' node evaluation too"
     verify_checkpoint(run_dir / "models" / f"checkpoint_round_{ROUNDS}")
+    carried_on = [json.loads(line) for line in (run_dir / "server" / "server.log").read_text().splitlines()
+                  if '"run_continued"' in line]
+    assert [event["server_optimizer_state"] for event in carried_on] == [True, True], "its momentum came back"
     assert (run_dir / "server" / "state" / "finished.json").exists()

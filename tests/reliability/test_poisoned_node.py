@@ -86,7 +86,8 @@ def vandalize(partition: int, trained: ArrayRecord, received: ArrayRecord) -> No
 
 poisoner = attacker(poison)
 vandal = attacker(vandalize)
-VANDALS = {"max-update-mb": 1, "min-replies": 1}  # the tiny model's honest update is 0.77 MB
+# the tiny model's honest update is 0.77 MB; one round shows each broken reply dropped
+VANDALS = {"max-update-mb": 1, "min-replies": 1, "num-server-rounds": 1}
 
 
 def hostile_app(tmp_path, client: str) -> Path:
@@ -101,9 +102,10 @@ def hostile_app(tmp_path, client: str) -> Path:
     return directory
 
 
-@pytest.fixture
-def four_nodes(tmp_path):
-    home = tmp_path / "flwr-home"
+@pytest.fixture(scope="module")
+def four_nodes(tmp_path_factory):
+    """One simulated federation of four nodes for the module's runs (each run its own outputs)."""
+    home = tmp_path_factory.mktemp("four-nodes") / "flwr-home"
     env = local_simulation(home, num_supernodes=4)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     yield env
@@ -157,8 +159,9 @@ def test_broken_updates_are_dropped_with_a_reason_and_the_run_goes_on(four_nodes
     run_dir = federate(four_nodes, hostile_app(tmp_path, "vandal"), tmp_path / "vandals", VANDALS)
     rounds = completed_rounds(run_dir)
     ledger.book("NaN, wrong dtype and oversized updates", faults=3 * len(rounds), runs_completed=int(bool(run_dir)),
-                rounds_lost=ROUNDS - len(rounds))
+                rounds_lost=VANDALS["num-server-rounds"] - len(rounds))
     assert run_dir is not None, "the run must complete; see the poisoned_run_failed log"
+    assert len(rounds) == VANDALS["num-server-rounds"]
     for r in rounds:
         assert [name for name, node in r["nodes"].items() if node["samples"]] == ["partition_0"], r
         reasons = " | ".join(sorted(r["dropped"]))
