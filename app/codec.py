@@ -19,22 +19,38 @@ ClientApp's `context.state` in a simulation). The server rebuilds each update in
 global model and its checkpoints stay in the training precision.
 
 Everything is NumPy: the server's aggregation and screening use it, and a node's tensors convert without a copy.
+
+The arrays of an update travel in one of two wire layouts (`wire-layout`):
+
+    packed      one Flower Array holding a safetensors buffer of all of them (dtype uint8, stype "safetensors"):
+                a message is a handful of objects in Flower's object store, each fetched with its own request,
+                and a large buffer still goes in Flower's own chunks;
+    per-array   one Flower Array per wire array (Flower's usual ArrayRecord): two hundred requests for the tiny
+                model's int8 update, kept to measure the difference.
+
+A receiver reads either; `unpack` checks a packed buffer's index (names, dtypes, shapes, offsets) before any
+value is read, and returns read-only views into the message's bytes.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from app.config import UPDATE_ENCODINGS
+from safetensors.numpy import save as safetensors_bytes
+
+from app.config import UPDATE_ENCODINGS, WIRE_LAYOUTS
 from app.errors import UserError
 from app.metrics import arrays_bytes
 
 ENCODINGS = FP32, BF16, INT8_DELTA, INT4_DELTA = UPDATE_ENCODINGS
+PACKED, PER_ARRAY = WIRE_LAYOUTS
+PACKED_NAME, SAFETENSORS = "update", "safetensors"  # a packed record's one array, and its Flower stype
 BLOCK = 128  # values per quantization scale: fp32 scales add 1/32 of a byte per int8 value
 SCALE = "#scale"  # suffix of a quantized array's scales
 FULL = -1  # a message's reference-round when its arrays are full weights, not a delta
@@ -133,17 +149,91 @@ def wire_layout(encoding: str, layout: Layout) -> Layout:
 
 # --- a whole set of weights ----------------------------------------------------------------------------------------
 
-def encode(encoding: str, values: Mapping[str, np.ndarray]) -> ArrayRecord:
-    record = ArrayRecord()
-    for name, array in values.items():
-        for suffix, part in encode_array(encoding, array).items():
-            record[name + suffix] = Array(part)
-    return record
+def encode(encoding: str, values: Mapping[str, np.ndarray], wire: str = PACKED) -> ArrayRecord:
+    return pack({name + suffix: part for name, array in values.items()
+                 for suffix, part in encode_array(encoding, array).items()}, wire)
+
+
+def pack(parts: Mapping[str, np.ndarray], wire: str = PACKED) -> ArrayRecord:
+    """Wire arrays -> the ArrayRecord that carries them in layout `wire`."""
+    if wire == PER_ARRAY:
+        return ArrayRecord({name: Array(np.asarray(part)) for name, part in parts.items()})
+    if wire != PACKED:
+        raise ValueError(f"unknown wire layout {wire!r}")
+    blob = safetensors_bytes(dict(parts))
+    return ArrayRecord({PACKED_NAME: Array(dtype="uint8", shape=(len(blob),), stype=SAFETENSORS, data=blob)})
+
+
+# safetensors dtype codes of the arrays an update is made of (anything else is refused, never guessed)
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+                       "I16": np.int16, "I8": np.int8, "U8": np.uint8, "U16": np.uint16, "U32": np.uint32}
+
+
+def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """Wire array name -> read-only view of its values in `record`'s bytes, in either layout. A record that is
+    not well formed (a safetensors index whose offsets do not tile its buffer, an unknown dtype, an array whose
+    bytes disagree with its declared shape) raises ValueError naming the array."""
+    if len(record) == 1 and (array := next(iter(record.values()))).stype == SAFETENSORS:
+        return _unpack_safetensors(array.data)
+    parts = {}
+    for name, array in record.items():
+        try:
+            values = view(array)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"array {name!r} cannot be decoded: {exc}") from None
+        if (values.shape, str(values.dtype)) != (tuple(array.shape), array.dtype):
+            raise ValueError(f"array {name!r} is declared {array.dtype}{list(array.shape)} but holds "
+                             f"{values.dtype}{list(values.shape)}")
+        parts[name] = values
+    return parts
+
+
+def _unpack_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """The safetensors format (8-byte little-endian header size, a JSON index, the values), read without a copy,
+    strictly: the index's arrays must cover the buffer exactly, one after another, as safetensors writes them."""
+    if len(data) < 8 or (size := int.from_bytes(data[:8], "little")) > len(data) - 8:
+        raise ValueError("packed update is cut short before the end of its safetensors header")
+    try:
+        index = json.loads(data[8:8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"packed update's safetensors header is not JSON: {exc}") from None
+    if not isinstance(index, dict):
+        raise ValueError("packed update's safetensors header is not a JSON object")
+    if "__metadata__" in index:  # free text a node could leak anything in; this project writes none
+        raise ValueError("packed update carries safetensors __metadata__, which no update has")
+    start, end, parts = 8 + size, len(data), {}
+    position = 0
+    for name, entry in sorted(index.items(), key=lambda item: _offsets(item)[0]):
+        begin, stop = _offsets((name, entry))
+        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        shape = entry.get("shape")
+        if dtype is None:
+            raise ValueError(f"array {name!r} has dtype {entry.get('dtype')!r}, not one an update is made of")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise ValueError(f"array {name!r} has no valid shape (got {shape!r})")
+        count = int(np.prod(shape, dtype=np.int64))
+        if begin != position or stop - begin != count * np.dtype(dtype).itemsize or start + stop > end:
+            raise ValueError(f"array {name!r}'s offsets [{begin}, {stop}] do not fit {np.dtype(dtype).name}{shape} "
+                             f"after byte {position} of a {end - start}-byte buffer")
+        parts[name] = np.frombuffer(data, dtype=dtype, count=count, offset=start + begin).reshape(shape)
+        position = stop
+    if position != end - start:
+        raise ValueError(f"packed update has {end - start - position} bytes that no array of its index covers")
+    return parts
+
+
+def _offsets(item: tuple[str, object]) -> tuple[int, int]:
+    name, entry = item
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise ValueError(f"array {name!r} has no valid data_offsets in the packed update's index")
+    return offsets[0], offsets[1]
 
 
 def view(array: Array) -> np.ndarray:
-    """A read-only view of an Array's values, without the copy `Array.numpy()` makes: decoding a 400 MB update
-    then costs no second 400 MB. Arrays that are not plain .npy data (never pickles) are refused as numpy() would."""
+    """A read-only view of a per-array Array's values, without the copy `Array.numpy()` makes: decoding a 400 MB
+    update then costs no second 400 MB. Arrays that are not plain .npy data (never pickles) are refused as numpy()
+    would."""
     if array.stype != "numpy.ndarray":
         raise TypeError(f"unsupported serialization type {array.stype!r}")
     buffer = io.BytesIO(array.data)
@@ -161,10 +251,11 @@ def view(array: Array) -> np.ndarray:
 def decoded(encoding: str, record: ArrayRecord, layout: Layout) -> Iterator[tuple[str, np.ndarray]]:
     """(name, fp32 values) for each array of `layout`, one at a time: the caller holds one decoded array at once
     (fp32: a read-only view of the record's bytes)."""
+    wire = unpack(record)
     for name, (shape, _dtype) in layout.items():
-        parts = {"": view(record[name])}
-        if name + SCALE in record:
-            parts[SCALE] = view(record[name + SCALE])
+        parts = {"": wire[name]}
+        if name + SCALE in wire:
+            parts[SCALE] = wire[name + SCALE]
         yield name, decode_array(encoding, parts, shape)
 
 
@@ -182,7 +273,7 @@ def is_delta(encoding: str) -> bool:
 
 def numpy_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
     """The record's arrays, writable (copies)."""
-    return {name: array.numpy() for name, array in record.items()}
+    return {name: np.array(values) for name, values in unpack(record).items()}
 
 
 # --- the server's side ---------------------------------------------------------------------------------------------
@@ -195,6 +286,7 @@ class Broadcast:
     one (`received`) holds the previous reference and gets the delta; any other node gets full weights."""
 
     encoding: str
+    wire: str = PACKED
     reference: dict[str, np.ndarray] | None = None
     reference_round: int = FULL
     holders: set[int] = field(default_factory=set)
@@ -205,16 +297,17 @@ class Broadcast:
              config: Mapping | None = None) -> tuple[dict[int, RecordDict], int]:
         """Contents for `node_ids` carrying `weights`, the global model after `global_round`: `arrays`, and `config`
         with the keys a node decodes them by. Returns them with the bytes of arrays they carry in all."""
-        config = {**(config or {}), "encoding": self.encoding, "global-round": global_round}
+        config = {**(config or {}), "encoding": self.encoding, "global-round": global_round, "wire-layout": self.wire}
         self.base = weights
         if not is_delta(self.encoding):
-            full = RecordDict({"arrays": encode(FP32, weights), "config": ConfigRecord({**config, "reference-round": FULL})})
+            full = RecordDict({"arrays": encode(FP32, weights, self.wire), "config": ConfigRecord({**config, "reference-round": FULL})})
             return {n: full for n in node_ids}, len(node_ids) * arrays_bytes(full["arrays"])
         delta = None
         if self.reference is None:
             self.reference = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
         else:  # the reference moves by exactly what the nodes will decode, so both ends stay equal
-            delta = RecordDict({"arrays": encode(self.encoding, {k: weights[k] - self.reference[k] for k in weights}),
+            delta = RecordDict({"arrays": encode(self.encoding, {k: weights[k] - self.reference[k] for k in weights},
+                                                 self.wire),
                                 "config": ConfigRecord({**config, "reference-round": self.reference_round})})
             for name, step in decoded(self.encoding, delta["arrays"], layout_of(weights)):
                 self.reference[name] += step
@@ -224,7 +317,7 @@ class Broadcast:
                 contents[node_id] = delta
             else:
                 if full is None:
-                    full = RecordDict({"arrays": encode(FP32, self.reference),
+                    full = RecordDict({"arrays": encode(FP32, self.reference, self.wire),
                                        "config": ConfigRecord({**config, "reference-round": FULL})})
                 contents[node_id] = full
         self.reference_round, self.holders, self._sent_to = global_round, set(), set(node_ids)
@@ -282,17 +375,18 @@ class NodeCodec:
             return None
         return int(self.state[CODEC]["reference-round"])
 
-    def send(self, encoding: str, trained: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> ArrayRecord:
-        """The update to reply with: `trained` itself (fp32), or its delta against `reference` with error feedback."""
+    def send(self, encoding: str, trained: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray],
+             wire: str = PACKED) -> ArrayRecord:
+        """The update to reply with, in wire layout `wire`: `trained` itself (fp32), or its delta against
+        `reference` with error feedback."""
         if not is_delta(encoding):
-            return encode(FP32, trained)
+            return encode(FP32, trained, wire)
         residual = numpy_arrays(self.state[RESIDUAL]) if RESIDUAL in self.state.array_records else {}
-        record, carried = ArrayRecord(), {}
+        wire_parts, carried = {}, {}
         for name, values in trained.items():
             update = values - reference[name] + residual.get(name, 0.0)
             parts = encode_array(encoding, update)
-            for suffix, part in parts.items():
-                record[name + suffix] = Array(part)
+            wire_parts.update({name + suffix: part for suffix, part in parts.items()})
             carried[name] = update - decode_array(encoding, parts, update.shape)
         self.state[RESIDUAL] = encode(FP32, carried)
-        return record
+        return pack(wire_parts, wire)

@@ -123,6 +123,7 @@ def resolve_device(device: str) -> str:
 AGGREGATIONS = ("fedprox", "fedtrimmedavg", "fedmedian", "krum", "multikrum", "bulyan")
 # app.codec's encodings (kept here too, so reading a config needs neither NumPy nor Flower).
 UPDATE_ENCODINGS = ("fp32", "bf16", "int8-delta", "int4-delta")
+WIRE_LAYOUTS = ("packed", "per-array")
 # Flower's server-side optimizers (flwr.serverapp.strategy) a run can apply to each round's aggregate: the aggregate
 # minus the global weights is a pseudo-gradient, which FedAvgM steps with momentum and FedAdam, FedYogi and FedAdagrad
 # with per-parameter adaptive steps (Hsu et al. 2019; Reddi et al. 2021). "none": the aggregate is the new model.
@@ -188,6 +189,9 @@ class RunConfig:
     # while a node cannot make the server decode gigabytes; raise it when training more of a bigger model.
     max_update_mb: float = 1024.0
     update_encoding: str = "int8-delta"  # how weights travel, both ways: one of app.codec.ENCODINGS (README)
+    # "packed": an update is one safetensors buffer, a handful of Flower objects; "per-array": one Flower Array per
+    # wire array, each its own request (kept to measure the difference, bench/federated_rounds.py)
+    wire_layout: str = "packed"
     server_optimizer: str = "none"  # one of SERVER_OPTIMIZERS, applied to each round's aggregate
     server_lr: float = 0.0  # the server optimizer's step size; 0: its default (SERVER_LR_DEFAULTS)
     server_momentum: float = 0.9  # FedAvgM's momentum; FedAdam's and FedYogi's beta_1 (FedAdagrad has none)
@@ -243,6 +247,7 @@ class RunConfig:
             num_malicious_nodes=_int(raw, "num-malicious-nodes", d.num_malicious_nodes, 0),
             max_update_mb=_float(raw, "max-update-mb", d.max_update_mb, 0.0),
             update_encoding=_str(raw, "update-encoding", d.update_encoding).lower(),
+            wire_layout=_str(raw, "wire-layout", d.wire_layout).lower(),
             server_optimizer=_str(raw, "server-optimizer", d.server_optimizer).lower(),
             server_lr=_float(raw, "server-lr", d.server_lr, 0.0, 10.0),
             server_momentum=_float(raw, "server-momentum", d.server_momentum, 0.0, 0.999),
@@ -271,6 +276,8 @@ class RunConfig:
         parse_camera_map(config.camera_map, config.model)
         if config.update_encoding not in UPDATE_ENCODINGS:
             raise ConfigError(f"update-encoding must be one of {', '.join(UPDATE_ENCODINGS)}, got {config.update_encoding!r}")
+        if config.wire_layout not in WIRE_LAYOUTS:
+            raise ConfigError(f"wire-layout must be one of {', '.join(WIRE_LAYOUTS)}, got {config.wire_layout!r}")
         if config.server_optimizer not in SERVER_OPTIMIZERS:
             raise ConfigError(f"server-optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, got {config.server_optimizer!r}")
         config._check_aggregation()

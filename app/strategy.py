@@ -80,17 +80,18 @@ class ExpectedUpdate:
 
     @classmethod
     def like(cls, arrays: ArrayRecord, max_mb: float = 0.0, encoding: str = codec.FP32) -> ExpectedUpdate:
-        return cls({name: (tuple(a.shape), a.dtype) for name, a in arrays.items()}, int(max_mb * 1e6), encoding)
+        layout = {name: (tuple(a.shape), str(a.dtype)) for name, a in codec.unpack(arrays).items()}
+        return cls(layout, int(max_mb * 1e6), encoding)
 
     @property
     def wire(self) -> codec.Layout:
         return codec.wire_layout(self.encoding, self.layout)
 
 
-def _layout_problem(name: str, dtype: str, shape, expected: tuple[tuple[int, ...], str], verb: str) -> str | None:
+def _layout_problem(name: str, dtype: str, shape, expected: tuple[tuple[int, ...], str]) -> str | None:
     if (tuple(shape), dtype) == expected:
         return None
-    return f"array {name!r} {verb} {dtype}{list(shape)}, the model's {expected[1]}{list(expected[0])}"
+    return f"array {name!r} is {dtype}{list(shape)}, the model's {expected[1]}{list(expected[0])}"
 
 
 def reply_problem(msg: Message, expected: ExpectedUpdate | None) -> str | None:
@@ -110,22 +111,18 @@ def reply_problem(msg: Message, expected: ExpectedUpdate | None) -> str | None:
         return "reply must carry exactly one ArrayRecord, 'arrays'"
     if expected.max_bytes and (size := arrays.count_bytes()) > expected.max_bytes:
         return f"update is {size / 1e6:.3g} MB, above max-update-mb={expected.max_bytes / 1e6:g}"
+    try:
+        parts = codec.unpack(arrays)  # reads the index only: names, dtypes, shapes
+    except ValueError as exc:
+        return f"update cannot be decoded: {exc}"
     wire = expected.wire
-    if set(arrays.keys()) != wire.keys():
-        unexpected = sorted(set(arrays.keys()) - wire.keys())[:3]
-        missing = sorted(wire.keys() - set(arrays.keys()))[:3]
+    if parts.keys() != wire.keys():
+        unexpected = sorted(parts.keys() - wire.keys())[:3]
+        missing = sorted(wire.keys() - parts.keys())[:3]
         return (f"reply arrays do not match the model's trainable parameters: unexpected {unexpected}, missing "
                 f"{missing} (update-encoding={expected.encoding})")
-    for name, array in arrays.items():
-        if problem := _layout_problem(name, array.dtype, array.shape, wire[name], "is"):
-            return problem
-    for name, array in arrays.items():
-        try:
-            values = codec.view(array)
-        except (TypeError, ValueError) as exc:
-            return f"array {name!r} cannot be decoded: {exc}"
-        # the bytes may disagree with the shape and dtype the reply declares
-        if problem := _layout_problem(name, str(values.dtype), values.shape, wire[name], "holds"):
+    for name, values in parts.items():
+        if problem := _layout_problem(name, str(values.dtype), values.shape, wire[name]):
             return problem
     for name, values in codec.decoded(expected.encoding, arrays, expected.layout):
         if not np.isfinite(np.sum(values, dtype=np.float64)):  # a NaN or inf anywhere makes the sum one
@@ -276,7 +273,7 @@ class FedVLA(FedProx):
         self.base_fingerprint = base_fingerprint
         self.norm_stats = ConfigRecord(norm_stats)
         self.expected = ExpectedUpdate.like(global_arrays, run.max_update_mb, run.update_encoding)
-        self.broadcast = codec.Broadcast(run.update_encoding)
+        self.broadcast = codec.Broadcast(run.update_encoding, run.wire_layout)
         self.aggregator = aggregator(run)
         self.server_optimizer = ServerOptimizer(run) if run.server_optimizer != "none" else None
         # A round needs min-replies usable updates, and as many as the aggregation needs to outvote hostile ones.
@@ -294,7 +291,7 @@ class FedVLA(FedProx):
         """One message per node carrying the global model after `global_round`, in the run's encoding: a node
         holding the previous global weights gets a delta, any other full weights."""
         config = {**config, "server-round": server_round, "base-fingerprint": self.base_fingerprint}
-        weights = {name: codec.view(array) for name, array in arrays.items()}  # no copy: the record stays alive
+        weights = codec.unpack(arrays)  # no copy: the record stays alive
         contents, sent = self.broadcast.send(weights, global_round, node_ids, config)
         self.traffic[server_round]["bytes-sent"] += sent
         for content in {id(c): c for c in contents.values()}.values():  # nodes share the delta and the full one
@@ -367,7 +364,7 @@ class FedVLA(FedProx):
         if current.mean is not None:
             current.mean.add(update, float(report.metrics["num-examples"]))
         else:
-            reply.content["arrays"] = codec.encode(codec.FP32, dict(update))
+            reply.content["arrays"] = codec.encode(codec.FP32, dict(update), codec.PER_ARRAY)  # as Flower's reads it
             current.kept.append(reply)
 
     def close_train_round(self) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -143,7 +143,8 @@ def perform(op: str, run_id: int, run_config: dict, node_config: dict, content: 
                                  evaluate_first=bool(config.get("evaluate-received", False)), on_step=on_step)
     if RECEIVED_EVAL_LOSS in result.metrics:
         node_metrics.record_node_eval(run_id, name, result.metrics[RECEIVED_EVAL_LOSS], 0)
-    arrays = codec.send(run.update_encoding, {k: v.numpy() for k, v in result.arrays.items()}, global_weights)
+    arrays = codec.send(run.update_encoding, {k: v.numpy() for k, v in result.arrays.items()}, global_weights,
+                        run.wire_layout)
     metrics = {**result.metrics, "bytes-received": node_metrics.arrays_bytes(received),
                "bytes-sent": node_metrics.arrays_bytes(arrays)}
     log.info("round_trained", node=name, round=server_round, **metrics)

@@ -3,7 +3,8 @@ weights built offline): trainable parameters and bytes with LeRobot's default fr
 ArrayRecord that carries them, and how long packing and unpacking it takes; then, for each update encoding
 (app.codec), the serialized Flower message content each way in a round after the first (a delta against the
 weights the node holds; round 1 sends full fp32 weights down whatever the encoding), against the full fp32 state
-dict. Target: at most 1/16 of it each way; stretch 1/32.
+dict. Target: at most 1/16 of it each way; stretch 1/32. And the objects each message is made of in Flower's object
+store, each one request, in either wire layout (`wire-layout`): target at most 5 beyond the update's chunks.
 
     python -m bench.payload_size         -> bench/results/payload_size.json
 """
@@ -30,10 +31,31 @@ def message_bytes(content) -> int:
     return recorddict_to_proto(content).ByteSize()
 
 
+def message_objects(content) -> dict:
+    """The objects of Flower's object store a message of `content` is made of (the ServerApp pushes or pulls each
+    with one request to the SuperLink; a SuperNode, each with one Fleet API call), and how many are array chunks."""
+    from flwr.app import Message
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    objects = get_all_nested_objects(Message(content=content, dst_node_id=1, message_type="train")).values()
+    return {"objects": len(objects), "chunks": sum(type(o).__name__ == "ArrayChunk" for o in objects)}
+
+
+def objects_by_layout(content) -> dict:
+    """message_objects of `content` with its arrays in each wire layout."""
+    from flwr.app import RecordDict
+
+    from app import codec
+
+    parts = codec.unpack(content["arrays"])
+    return {wire: message_objects(RecordDict({**content, "arrays": codec.pack(parts, wire)}))
+            for wire in codec.WIRE_LAYOUTS}
+
+
 def encoding_sizes(trainable: dict, full_state_dict_bytes: int) -> tuple[dict, list[dict]]:
     """Each encoding's round-2 messages, down (server -> node) and up (node -> server), on `trainable` weights."""
     import numpy as np
-    from flwr.app import RecordDict
+    from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
     from app import codec
 
@@ -51,10 +73,17 @@ def encoding_sizes(trainable: dict, full_state_dict_bytes: int) -> tuple[dict, l
         encode_seconds = time.perf_counter() - started
         down = message_bytes(second[1])
         held = node.receive(second[1])
-        reply = RecordDict({"arrays": node.send(encoding, {k: v + 1e-3 for k, v in held.items()}, held)})
+        reply = RecordDict({"arrays": node.send(encoding, {k: v + 1e-3 for k, v in held.items()}, held),
+                            "metrics": MetricRecord({"num-examples": 1}), "node": ConfigRecord({"node-name": "a"})})
         up = message_bytes(reply)
         sizes[encoding] = {"down_bytes": down, "up_bytes": up, "first_round_down_bytes": message_bytes(first[1]),
-                           "server_encode_seconds": round(encode_seconds, 2)}
+                           "server_encode_seconds": round(encode_seconds, 2),
+                           "down_objects": objects_by_layout(second[1]), "up_objects": objects_by_layout(reply)}
+        packed_up = sizes[encoding]["up_objects"]["packed"]
+        figures.append(figure(f"{encoding} up: objects (requests) per reply, packed, beyond its chunks", 5,
+                              packed_up["objects"] - packed_up["chunks"], "objects",
+                              note="Message, RecordDict, its three records and the update's Array; "
+                                   f"per-array: {sizes[encoding]['up_objects']['per-array']['objects']} objects"))
         for direction, size in (("down", down), ("up", up)):
             ratio = full_state_dict_bytes / size
             metric = f"{encoding} {direction}: full fp32 state dict / message bytes, round 2 onward"

@@ -3,9 +3,9 @@
 import time
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
-from app import client_app, model
+from app import client_app, codec, model
 from app.config import EMBEDDED_OVERRIDES
 from app.errors import ModelError
 from app.node import flatten_stats
@@ -26,27 +26,25 @@ def _train_message(tiny_policy, operator0, fingerprint: str, evaluate_received: 
     config = ConfigRecord({"server-round": 2, "lr": 1e-3, "proximal-mu": 0.01, "base-fingerprint": fingerprint,
                            "evaluate-received": evaluate_received})
     return _message(RecordDict({
-        "arrays": ArrayRecord(model.trainable_state(tiny_policy)),
+        "arrays": codec.encode(codec.FP32, {k: v.numpy() for k, v in model.trainable_state(tiny_policy).items()}),
         "config": config,
         "norm-stats": ConfigRecord(flatten_stats(operator0.meta.stats)),
     }), "train")
 
 
 def test_train_reply_carries_arrays_metrics_and_traffic(tiny_policy, operator0):
-    from app import codec
-
     msg = _train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy))
     reply = client_app.train(msg, _context({"update-encoding": "fp32"}))
     metrics = reply.content["metrics"]
     assert metrics["steps"] == 3 and metrics["num-examples"] == 24
     assert metrics["bytes-sent"] == metrics["bytes-received"] > 0
-    assert set(reply.content["arrays"].keys()) == set(model.trainable_state(tiny_policy))
+    assert set(codec.unpack(reply.content["arrays"])) == set(model.trainable_state(tiny_policy))
     assert reply.content["node"]["node-name"] == "op0"
     assert reply.content["node"]["dataset"] == "embedded:operator-0"
     # The default encoding: full weights came in (round 1, or a node without the reference), an int8 delta goes out.
     delta = client_app.train(_train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy)), _context({}))
     layout = codec.layout_of({k: v.numpy() for k, v in model.trainable_state(tiny_policy).items()})
-    assert {k: (tuple(a.shape), a.dtype) for k, a in delta.content["arrays"].items()} == codec.wire_layout(
+    assert {k: (a.shape, str(a.dtype)) for k, a in codec.unpack(delta.content["arrays"]).items()} == codec.wire_layout(
         "int8-delta", layout)
     assert delta.content["metrics"]["bytes-sent"] < metrics["bytes-sent"] / 3
 

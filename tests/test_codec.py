@@ -1,8 +1,12 @@
 """app.codec: update encodings on the wire, the server's reference, and the nodes' error feedback."""
 
+import json
+import re
+
 import numpy as np
 import pytest
-from flwr.app import RecordDict
+import safetensors.numpy
+from flwr.app import Array, ArrayRecord, RecordDict
 
 from app import codec
 from app.codec import BLOCK, ENCODINGS, FP32, Broadcast, NodeCodec, ReferenceMissing
@@ -32,15 +36,59 @@ def test_quantized_round_trip_is_within_half_a_step(encoding):
         assert np.abs(decoded[name] - values).max() <= bound
 
 
+@pytest.mark.parametrize("wire", codec.WIRE_LAYOUTS)
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_wire_layout_is_what_encode_writes(encoding):
-    record = codec.encode(encoding, WEIGHTS)
-    assert {k: (tuple(a.shape), a.dtype) for k, a in record.items()} == codec.wire_layout(encoding, LAYOUT)
+def test_wire_layout_is_what_encode_writes(encoding, wire):
+    record = codec.encode(encoding, WEIGHTS, wire)
+    assert {k: (a.shape, str(a.dtype)) for k, a in codec.unpack(record).items()} == codec.wire_layout(encoding, LAYOUT)
+    assert len(record) == (1 if wire == codec.PACKED else len(codec.wire_layout(encoding, LAYOUT)))
+
+
+def test_a_packed_update_is_one_standard_safetensors_buffer_read_without_a_copy():
+    record = codec.encode("int8-delta", WEIGHTS)
+    (array,) = record.values()
+    assert (array.stype, array.dtype, array.shape) == ("safetensors", "uint8", (len(array.data),))
+    parts = codec.unpack(record)
+    standard = safetensors.numpy.load(array.data)
+    assert parts.keys() == standard.keys()
+    for name, values in parts.items():
+        np.testing.assert_array_equal(values, standard[name])
+        assert not values.flags.writeable and np.shares_memory(values, np.frombuffer(array.data, np.uint8))
+
+
+def packed(blob: bytes) -> ArrayRecord:
+    return ArrayRecord({"update": Array(dtype="uint8", shape=(len(blob),), stype="safetensors", data=blob)})
+
+
+def index(entries: dict) -> bytes:
+    header = json.dumps(entries).encode()
+    return len(header).to_bytes(8, "little") + header
+
+
+GOOD = safetensors.numpy.save({"w": np.ones(4, np.float32), "w#scale": np.ones(1, np.float32)})
+
+
+@pytest.mark.parametrize(("blob", "why"), [
+    (GOOD[:6], "cut short before the end of its safetensors header"),
+    (GOOD[:-4], "offsets [16, 20] do not fit float32[1]"),
+    (GOOD + b"\0" * 8, "8 bytes that no array of its index covers"),
+    (index({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}) + b"\0" * 12, "'v'"),
+    (index({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}) + b"\0" * 4, "dtype 'BF16'"),
+    (index({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}) + b"\0" * 8, "no valid shape"),
+    (index({"w": {"dtype": "F32", "shape": [2]}}) + b"\0" * 8, "no valid data_offsets"),
+    (b"\x04" + b"\0" * 7 + b"\xff\xfe[]", "not JSON"),
+    (index([1]), "not a JSON object"),
+    (safetensors.numpy.save({"w": np.ones(2, np.float32)}, metadata={"dataset": "/home/op"}), "__metadata__"),
+])
+def test_a_malformed_packed_update_is_refused_naming_what_is_wrong(blob, why):
+    with pytest.raises(ValueError, match=re.escape(why)):
+        codec.unpack(packed(blob))
 
 
 def test_int8_is_a_quarter_and_int4_an_eighth_of_fp32_plus_scales():
     big = {"w": np.ones(BLOCK * 1000, dtype=np.float32)}
-    size = {e: sum(a.numpy().nbytes for a in codec.encode(e, big).values()) for e in ENCODINGS}
+    size = {e: sum(a.nbytes for a in codec.unpack(codec.encode(e, big)).values()) for e in ENCODINGS}
     scales = 1000 * 4
     assert size == {"fp32": 4 * BLOCK * 1000, "bf16": 2 * BLOCK * 1000, "int8-delta": BLOCK * 1000 + scales,
                     "int4-delta": BLOCK * 1000 // 2 + scales}

@@ -78,7 +78,7 @@ def with_metric(reply: Message, key: str, value) -> Message:
         (train_reply(3, 1.0, 10, keys={"w", "b", "backdoor"}), "unexpected ['backdoor'], missing []"),
         (with_w(Array(np.ones((3,), np.float32))), "array 'w' is float32[3], the model's float32[2]"),
         (with_w(Array(np.ones((2,), np.float64))), "array 'w' is float64[2], the model's float32[2]"),
-        (with_w(declared_as_w(Array(np.ones((2, 50), np.float32)).data)), "'w' holds float32[2, 50], the model's"),
+        (with_w(declared_as_w(Array(np.ones((2, 50), np.float32)).data)), "'w' is declared float32[2] but holds float32[2, 50]"),
         (with_w(declared_as_w(b"not numpy")), "array 'w' cannot be decoded"),
         (with_w(declared_as_w(Array(np.ones(2, np.float32)).data, stype="torch.Tensor")), "'w' cannot be decoded"),
         (Message(error=Error(code=0, reason="dataset broke"), metadata=_from_node(3)), "dataset broke"),
@@ -276,7 +276,10 @@ def test_streaming_aggregation_equals_flowers_batch_aggregation():
     streamed, _ = s.close_train_round()
     for name in shapes:
         np.testing.assert_allclose(streamed[name].numpy(), batch[name].numpy(), rtol=1e-6, atol=1e-7)
-    assert s.traffic[1] == {"bytes-sent": 5 * metrics_bytes(global_arrays),
+    from app import codec
+
+    sent = codec.encode(codec.FP32, codec.numpy_arrays(global_arrays))  # the packed fp32 broadcast
+    assert s.traffic[1] == {"bytes-sent": 5 * metrics_bytes(sent),
                             "bytes-received": sum(metrics_bytes(r.content["arrays"]) for r in replies)}
 
 
@@ -299,7 +302,7 @@ def test_int8_delta_updates_are_screened_and_rebuilt_on_the_global_weights():
     np.testing.assert_allclose(arrays["w"].numpy(), [0.5, 0.5], rtol=1e-2)
     second = {m.metadata.dst_node_id: m.content for m in s.configure_train(2, arrays, ConfigRecord(), FakeGrid())}
     assert second[1]["config"]["reference-round"] == 0, "node 1 replied: it gets a delta"
-    assert sorted(second[1]["arrays"].keys()) == ["b", "b#scale", "w", "w#scale"]
+    assert sorted(codec.unpack(second[1]["arrays"])) == ["b", "b#scale", "w", "w#scale"]
     assert second[2]["config"]["reference-round"] == codec.FULL, "node 2 did not reply: full weights"
 
 

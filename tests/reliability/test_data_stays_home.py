@@ -49,11 +49,15 @@ def problems(kind: str, name: str, record, wire: dict, joints: int) -> list[str]
     if isinstance(record, ArrayRecord):
         if kind != "train" or name != "arrays":
             return [f"{where}: arrays in a reply that carries none"]
-        if set(record) != set(wire):
-            return [f"{where}: arrays {sorted(set(record) ^ set(wire))[:5]} are not the trainable parameters"]
-        return [f"{where}: {key} is {record[key].dtype}{list(record[key].shape)}, the encoded parameter's "
-                f"{wire[key][1]}{list(wire[key][0])}" for key in record
-                if (tuple(record[key].shape), record[key].dtype) != wire[key]]
+        try:
+            parts = codec.unpack(record)  # the packed layout's index carries no metadata: unpack refuses any
+        except ValueError as exc:
+            return [f"{where}: {exc}"]
+        if set(parts) != set(wire):
+            return [f"{where}: arrays {sorted(set(parts) ^ set(wire))[:5]} are not the trainable parameters"]
+        return [f"{where}: {key} is {values.dtype}{list(values.shape)}, the encoded parameter's "
+                f"{wire[key][1]}{list(wire[key][0])}" for key, values in parts.items()
+                if (values.shape, str(values.dtype)) != wire[key]]
     if isinstance(record, MetricRecord):
         return [f"{where}: metric {key} is {type(value).__name__}, not a scalar" for key, value in record.items()
                 if isinstance(value, bool) or not isinstance(value, (int, float))]

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from app import client_app
-from app.config import EMBEDDED_OVERRIDES
+from app import client_app, codec
+from app.config import EMBEDDED_OVERRIDES, RunConfig
 from app.telemetry import get_logger
 from tests.integration.conftest import REPO, flwr_run, local_simulation, server_eval, stop_local_superlink
 
@@ -42,7 +42,8 @@ FEDERATION = {**EMBEDDED_OVERRIDES, "num-server-rounds": ROUNDS, "local-steps": 
 ROBUST = {"aggregation": "fedtrimmedavg", "trim-beta": 0.25, "num-malicious-nodes": 1}
 
 def attacker(corrupt) -> ClientApp:
-    """app.client_app's handlers, with each train reply passed through corrupt(partition, reply, received)."""
+    """app.client_app's handlers, with each train reply's arrays passed through corrupt(partition, trained,
+    received) (name -> writable fp32 values) and sent on in the run's wire layout."""
     app = ClientApp()
 
     @app.query()
@@ -57,31 +58,31 @@ def attacker(corrupt) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         reply = client_app.train(msg, context)
         if not reply.has_error():
-            corrupt(context.node_config.get("partition-id"), reply.content["arrays"], msg.content["arrays"])
+            trained = codec.numpy_arrays(reply.content["arrays"])
+            corrupt(context.node_config.get("partition-id"), trained, codec.numpy_arrays(msg.content["arrays"]))
+            reply.content["arrays"] = codec.pack(trained, RunConfig.from_mapping(context.run_config).wire_layout)
         return reply
 
     return app
 
 
-def poison(partition: int, trained: ArrayRecord, received: ArrayRecord) -> None:
+def poison(partition: int, trained: dict[str, np.ndarray], received: dict[str, np.ndarray]) -> None:
     """w -> g + SCALE * (w - g): the node's update (its weights w minus the global g it received), scaled."""
     if partition != ATTACKER_PARTITION:
         return
-    for name in list(trained.keys()):
-        g = received[name].numpy()
-        trained[name] = Array(np.asarray(g + SCALE * (trained[name].numpy() - g), dtype=g.dtype))
+    for name, g in received.items():
+        trained[name] = np.asarray(g + SCALE * (trained[name] - g), dtype=g.dtype)
 
 
-def vandalize(partition: int, trained: ArrayRecord, received: ArrayRecord) -> None:
+def vandalize(partition: int, trained: dict[str, np.ndarray], received: dict[str, np.ndarray]) -> None:
     """Partition 0 is honest; 1 sends NaN, 2 float64 weights, 3 a 4 MB array on top (the cap is 1 MB)."""
-    name = next(iter(trained.keys()))
-    values = trained[name].numpy()
+    name = next(iter(trained))
     if partition == 1:
-        trained[name] = Array(np.full_like(values, np.nan))
+        trained[name] = np.full_like(trained[name], np.nan)
     elif partition == 2:
-        trained[name] = Array(values.astype(np.float64))
+        trained[name] = trained[name].astype(np.float64)
     elif partition == 3:
-        trained["padding"] = Array(np.zeros(1_000_000, dtype=np.float32))
+        trained["padding"] = np.zeros(1_000_000, dtype=np.float32)
 
 
 poisoner = attacker(poison)
