@@ -22,6 +22,23 @@ def ledger():
     return LEDGER
 
 
+def pytest_sessionfinish(session):
+    """On a pytest-xdist worker: hand the worker's ledger entries to the controller."""
+    if hasattr(session.config, "workeroutput"):
+        from tests.reliability.ledger import LEDGER
+
+        session.config.workeroutput["ledger"] = LEDGER.dump()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """On the pytest-xdist controller: a worker finished; keep its ledger entries for the summary."""
+    from tests.reliability.ledger import LEDGER
+
+    if dumped := getattr(node, "workeroutput", {}).get("ledger"):
+        LEDGER.merge(dumped)
+
+
 def pytest_terminal_summary(terminalreporter):
     from tests.reliability.ledger import write_summary
 

@@ -1,7 +1,9 @@
 """The reliability ledger: tests that inject faults into real processes and real files (tests/reliability/, and
 the container test's secret scans) book what they did in the `ledger` fixture (tests/conftest.py); the session
 ends with one table of faults injected, runs completed, rounds lost, corrupt checkpoints loaded and secrets found
-(the last three must be 0), also written to $FEDVLA_RELIABILITY_SUMMARY when set."""
+(the last three must be 0), also written to $FEDVLA_RELIABILITY_SUMMARY when set. Under pytest-xdist each worker
+books into its own ledger and hands its entries to the controller when it finishes (tests/conftest.py), so the
+table covers every worker."""
 
 from __future__ import annotations
 
@@ -32,6 +34,12 @@ class Ledger:
         self.entries.append(entry)
         return entry
 
+    def dump(self) -> str:
+        return json.dumps([asdict(e) for e in self.entries])
+
+    def merge(self, dumped: str) -> None:
+        self.entries.extend(Entry(**e) for e in json.loads(dumped))
+
     def table(self) -> list[str]:
         width = max([len("check"), *(len(e.check) for e in self.entries)])
         header = f"{'check':<{width}}  " + "  ".join(f"{c:>14}" for c in COLUMNS)
@@ -52,4 +60,4 @@ def write_summary(terminalreporter) -> None:
         terminalreporter.write_line(line)
     if path := os.environ.get("FEDVLA_RELIABILITY_SUMMARY"):
         with open(path, "w") as f:
-            json.dump([asdict(e) for e in LEDGER.entries], f, indent=2)
+            f.write(LEDGER.dump())
