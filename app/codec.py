@@ -297,7 +297,7 @@ class Broadcast:
              config: Mapping | None = None) -> tuple[dict[int, RecordDict], int]:
         """Contents for `node_ids` carrying `weights`, the global model after `global_round`: `arrays`, and `config`
         with the keys a node decodes them by. Returns them with the bytes of arrays they carry in all."""
-        config = {**(config or {}), "encoding": self.encoding, "global-round": global_round, "wire-layout": self.wire}
+        config = {**(config or {}), "encoding": self.encoding, "global-round": global_round}
         self.base = weights
         if not is_delta(self.encoding):
             full = RecordDict({"arrays": encode(FP32, weights, self.wire), "config": ConfigRecord({**config, "reference-round": FULL})})

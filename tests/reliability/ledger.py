@@ -34,8 +34,8 @@ class Ledger:
         self.entries.append(entry)
         return entry
 
-    def dump(self) -> str:
-        return json.dumps([asdict(e) for e in self.entries])
+    def dump(self, indent: int | None = None) -> str:
+        return json.dumps([asdict(e) for e in self.entries], indent=indent)
 
     def merge(self, dumped: str) -> None:
         self.entries.extend(Entry(**e) for e in json.loads(dumped))
@@ -60,4 +60,4 @@ def write_summary(terminalreporter) -> None:
         terminalreporter.write_line(line)
     if path := os.environ.get("FEDVLA_RELIABILITY_SUMMARY"):
         with open(path, "w") as f:
-            f.write(LEDGER.dump())
+            f.write(LEDGER.dump(indent=2))
