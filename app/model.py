@@ -10,6 +10,7 @@ A model reference is one of
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,15 +133,18 @@ def load_trainable_state(policy: torch.nn.Module, arrays: dict[str, torch.Tensor
             params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
-def frozen_fingerprint(policy: torch.nn.Module) -> str:
-    """A digest of every frozen parameter and buffer: two parties with equal digests share the same base."""
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A digest of named tensors' values (as float32, so a cast on the way does not change it)."""
     import torch
 
     digest = hashlib.sha256()
-    trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
-    for name, tensor in sorted(policy.state_dict().items()):
-        if name in trainable:
-            continue
+    for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def frozen_fingerprint(policy: torch.nn.Module) -> str:
+    """A digest of every frozen parameter and buffer: two parties with equal digests share the same base."""
+    trainable = {name for name, p in policy.named_parameters() if p.requires_grad}
+    return tensors_digest({name: t for name, t in policy.state_dict().items() if name not in trainable})

@@ -60,6 +60,8 @@ def save_round_state(run_dir: Path, state: RoundState, arrays: Mapping[str, Any]
     from safetensors.numpy import save_file as save_numpy
     from safetensors.torch import save_file
 
+    from app.model import tensors_digest
+
     def fill(directory: Path) -> None:
         save_file({k: v.contiguous() for k, v in arrays.items()}, str(directory / "arrays.safetensors"))
         if server_optimizer:
@@ -69,6 +71,8 @@ def save_round_state(run_dir: Path, state: RoundState, arrays: Mapping[str, Any]
         seal(directory)
 
     path = write_directory_atomic(run_dir / STATE_DIR / f"round_{state.round}", fill)
+    # what a continued run must start from; it logs the digest of what it loaded (run_continued)
+    log.info("round_state_saved", round=state.round, weights_digest=tensors_digest(arrays))
     for server_round, older in _round_dirs(run_dir):
         if server_round < state.round:
             shutil.rmtree(older, ignore_errors=True)

@@ -250,7 +250,8 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         stats, first_round = state.norm_stats, state.round + 1
         early_stop.best, early_stop.stale = state.best_loss, state.stale
         log.info("run_continued", rounds_done=state.round, outputs=str(outputs.root),
-                 server_optimizer_state=bool(saved_optimizer))
+                 server_optimizer_state=bool(saved_optimizer),
+                 weights_digest=models.tensors_digest(models.trainable_state(server.policy)))
     else:
         stats = collect_federated_stats(grid, run, server.fingerprint)
         first_round, saved_optimizer = resume(server, run) + 1, {}  # resume-from a checkpoint: weights only

@@ -139,6 +139,7 @@ def perform(op: str, run_id: int, run_config: dict, node_config: dict, content: 
         reply["metrics"] = MetricRecord(metrics)
         return reply
 
+    log.info("round_training", node=name, round=server_round)  # a fault from here on hits work in progress
     result = learner.train_round(weights, stats, float(config["lr"]), server_round,
                                  evaluate_first=bool(config.get("evaluate-received", False)), on_step=on_step)
     if RECEIVED_EVAL_LOSS in result.metrics:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,22 @@ def server_events(output_dir: Path, run_id: int) -> list[str]:
         return [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
     except (FileNotFoundError, ValueError):
         return []
+
+
+def trainings(deployment, node: str, server_round: int) -> int:
+    """How many times `node`'s worker has started training `server_round` (its `round_training` events)."""
+    pattern = re.compile(rf"round_training .*\bround={server_round}\b")
+    return len(pattern.findall(deployment.log_tail(node, lines=100_000)))
+
+
+def wait_for_training(deployment, node: str, server_round: int, times: int = 1, timeout: float = 600) -> None:
+    """Until `node`'s worker is training `server_round` (for the `times`-th time): where a test's kill lands so that
+    it hits a message in progress, not the gap between two."""
+    deadline = time.monotonic() + timeout
+    while trainings(deployment, node, server_round) < times:
+        deployment.check_alive()
+        assert time.monotonic() < deadline, f"{node} never started training round {server_round}"
+        time.sleep(0.2)
 
 
 def command_line(process) -> list[str]:
@@ -127,3 +145,12 @@ def flwr_run(env: dict[str, str], run_config: dict, app: Path = REPO) -> subproc
          "--run-config", config_arg(run_config)],
         capture_output=True, text=True, env=env, timeout=1200,
     )
+
+
+def flwr_statuses(env: dict[str, str]) -> list[str]:
+    """The status of each run the local-simulation SuperLink of `env` knows (`flwr ls`): `flwr run --stream` exits
+    0 whatever its run's outcome, so a test reads the outcome here."""
+    result = subprocess.run([str(Path(sys.executable).parent / "flwr"), "ls", "local-simulation", "--format", "json"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return [run["status"] for run in json.loads(result.stdout)["runs"]]

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from app.config import EMBEDDED_OVERRIDES
-from tests.integration.conftest import assert_run_outputs, flwr_run, local_simulation, server_eval, stop_local_superlink
+from tests.integration.conftest import (assert_run_outputs, flwr_run, flwr_statuses, local_simulation, server_eval,
+                                        stop_local_superlink)
 
 pytestmark = pytest.mark.integration
 
@@ -48,5 +49,7 @@ def test_simulation_trains_writes_a_complete_run_and_resumes(flwr_env, tmp_path)
 def test_invalid_config_fails_the_run_before_round_one(flwr_env, tmp_path):
     out = tmp_path / "outputs"
     result = flwr_run(flwr_env, {**EMBEDDED_OVERRIDES, "num-server-rounds": 0, "output-dir": str(out)})
+    assert result.returncode == 0, result.stderr[-3000:]  # the submission and its log stream worked
     assert "num-server-rounds must be an integer >= 1, got 0" in result.stdout + result.stderr
+    assert flwr_statuses(flwr_env) == ["finished:failed"]
     assert not out.exists() or list(out.iterdir()) == [], "no outputs (and no checkpoint) for an invalid run"

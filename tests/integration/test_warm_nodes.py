@@ -5,7 +5,6 @@ policy. Checked on the processes' own logs."""
 import json
 import os
 import signal
-import time
 
 import psutil
 import pytest
@@ -14,7 +13,7 @@ from app import embedded
 from app.config import EMBEDDED_OVERRIDES, RunConfig
 from app.demo import APP_DIR, find_run_dir
 from app.launch import Deployment
-from tests.integration.conftest import NODES, command_line, server_events
+from tests.integration.conftest import NODES, command_line, server_events, trainings, wait_for_training
 
 pytestmark = pytest.mark.integration
 def kill_worker(deployment: Deployment, node: str) -> int:
@@ -26,7 +25,7 @@ def kill_worker(deployment: Deployment, node: str) -> int:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-    """Run A (2 rounds; operator_0's worker is SIGKILLed in round 2), then run B with other settings."""
+    """Run A (2 rounds; operator_0's worker is SIGKILLed while it trains round 2), then run B with other settings."""
     embedded.ensure_base_model()
     embedded.ensure_server_eval_dataset()
     out = tmp_path_factory.mktemp("outputs")
@@ -38,23 +37,22 @@ def two_runs(tmp_path_factory):
             deployment.start_supernode(name, str(embedded.ensure_operator_dataset(i)), "embedded:tiny", threads=1,
                                        camera_map=RunConfig().camera_map)
         run_a = deployment.submit(APP_DIR, {**base, "num-server-rounds": 2})
-        while server_events(out, run_a).count("round_start") < 2:
-            deployment.check_alive()
-            time.sleep(0.5)
-        time.sleep(2)  # into round 2: the message is on its way or being trained on
+        wait_for_training(deployment, "operator_0", 2)
         killed = kill_worker(deployment, "operator_0")
         status_a = deployment.wait(run_a, ended=lambda: "run_done" in server_events(out, run_a))
         run_b = deployment.submit(APP_DIR, {**base, "num-server-rounds": 1, "heldout-fraction": 0.25, "seed": 7})
         status_b = deployment.wait(run_b, ended=lambda: "run_done" in server_events(out, run_b))
         logs = {name: deployment.log_tail(name, lines=100_000) for name in NODES}
-    return {"out": out, "runs": (run_a, run_b), "status": (status_a, status_b), "killed": killed, "logs": logs}
+        round_2_trainings = trainings(deployment, "operator_0", 2)
+    return {"out": out, "runs": (run_a, run_b), "status": (status_a, status_b), "killed": killed, "logs": logs,
+            "round_2_trainings": round_2_trainings, "dropped": server_events(out, run_a).count("reply_dropped")}
 
 
 def test_both_runs_complete_with_every_node_in_every_round(two_runs):
     assert two_runs["status"] == ("finished:completed", "finished:completed")
     run_a, _ = two_runs["runs"]
     rounds = json.loads((find_run_dir(two_runs["out"], run_a) / "server" / "federated_metrics.json").read_text())
-    assert [sorted(r["nodes"]) for r in rounds["rounds"]] == [list(NODES)] * 2, "the killed node's round was retried"
+    assert [sorted(r["nodes"]) for r in rounds["rounds"]] == [list(NODES)] * 2, "every node is reported in every round"
 
 
 def test_a_warm_node_builds_one_policy_per_run_and_serves_every_message_with_it(two_runs):
@@ -74,3 +72,11 @@ def test_a_killed_worker_is_reported_and_restarted(two_runs):
     assert log.count("worker_started") == 2
     assert f"pid={two_runs['killed']}" in log
     assert "companion_exited" in log and "code=-9" in log
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug: the restarted worker holds no reference for the round's int8 delta (ReferenceMissing), so the "
+    "retried message is refused and the node's update is dropped; the fix is a same-round resend of full weights"))
+def test_the_message_a_killed_worker_was_training_is_trained_again_and_aggregated(two_runs):
+    assert two_runs["round_2_trainings"] == 2, "the new worker trains the message the killed one was training"
+    assert two_runs["dropped"] == 0, "and its reply reaches the aggregate"
