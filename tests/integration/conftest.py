@@ -63,17 +63,16 @@ def server_events(output_dir: Path, run_id: int) -> list[str]:
         return []
 
 
-def trainings(deployment, node: str, server_round: int) -> int:
-    """How many times `node`'s worker has started training `server_round` (its `round_training` events)."""
-    pattern = re.compile(rf"round_training .*\bround={server_round}\b")
-    return len(pattern.findall(deployment.log_tail(node, lines=100_000)))
+def trainings(node_log: str, server_round: int) -> int:
+    """How many times a node's worker has started training `server_round` (its `round_training` events)."""
+    return len(re.findall(rf"round_training .*\bround={server_round}\b", node_log))
 
 
 def wait_for_training(deployment, node: str, server_round: int, times: int = 1, timeout: float = 600) -> None:
     """Until `node`'s worker is training `server_round` (for the `times`-th time): where a test's kill lands so that
     it hits a message in progress, not the gap between two."""
     deadline = time.monotonic() + timeout
-    while trainings(deployment, node, server_round) < times:
+    while trainings(deployment.log_tail(node, lines=100_000), server_round) < times:
         deployment.check_alive()
         assert time.monotonic() < deadline, f"{node} never started training round {server_round}"
         time.sleep(0.2)
