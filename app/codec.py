@@ -59,8 +59,14 @@ Layout = dict[str, tuple[tuple[int, ...], str]]  # array name -> (shape, dtype)
 
 
 class ReferenceMissing(UserError):
-    """A node was sent a delta against global weights it does not hold (it restarted, or missed a round): the
-    server leaves it out of this round and sends it full weights in the next."""
+    """A node was sent a delta against global weights it does not hold (its worker restarted while the message
+    was on its way): the server sends it the same round's full weights (`Broadcast.full`)."""
+
+
+def is_reference_missing(reason: str) -> bool:
+    """Whether a node's error reply is a ReferenceMissing: the node's ClientApp or its worker raised it, and
+    Flower carries only the exception's text, which names the class either way."""
+    return ReferenceMissing.__name__ in reason
 
 
 # --- one array: fp32 values <-> wire arrays ------------------------------------------------------------------------
@@ -292,15 +298,17 @@ class Broadcast:
     holders: set[int] = field(default_factory=set)
     base: Mapping[str, np.ndarray] | None = None  # the exact global weights of the last send
     _sent_to: set[int] = field(default_factory=set)
+    _config: dict = field(default_factory=dict)  # the last send's config
+    _full: RecordDict | None = None  # the last send's full weights, built for the first node that needs them
 
     def send(self, weights: Mapping[str, np.ndarray], global_round: int, node_ids: list[int],
              config: Mapping | None = None) -> tuple[dict[int, RecordDict], int]:
         """Contents for `node_ids` carrying `weights`, the global model after `global_round`: `arrays`, and `config`
         with the keys a node decodes them by. Returns them with the bytes of arrays they carry in all."""
-        config = {**(config or {}), "encoding": self.encoding, "global-round": global_round}
-        self.base = weights
+        self._config = {**(config or {}), "encoding": self.encoding, "global-round": global_round}
+        self.base, self._full, self._sent_to = weights, None, set(node_ids)
         if not is_delta(self.encoding):
-            full = RecordDict({"arrays": encode(FP32, weights, self.wire), "config": ConfigRecord({**config, "reference-round": FULL})})
+            full = self.full()
             return {n: full for n in node_ids}, len(node_ids) * arrays_bytes(full["arrays"])
         delta = None
         if self.reference is None:
@@ -308,20 +316,21 @@ class Broadcast:
         else:  # the reference moves by exactly what the nodes will decode, so both ends stay equal
             delta = RecordDict({"arrays": encode(self.encoding, {k: weights[k] - self.reference[k] for k in weights},
                                                  self.wire),
-                                "config": ConfigRecord({**config, "reference-round": self.reference_round})})
+                                "config": ConfigRecord({**self._config, "reference-round": self.reference_round})})
             for name, step in decoded(self.encoding, delta["arrays"], layout_of(weights)):
                 self.reference[name] += step
-        contents, full = {}, None
-        for node_id in node_ids:
-            if delta is not None and node_id in self.holders:
-                contents[node_id] = delta
-            else:
-                if full is None:
-                    full = RecordDict({"arrays": encode(FP32, self.reference, self.wire),
-                                       "config": ConfigRecord({**config, "reference-round": FULL})})
-                contents[node_id] = full
-        self.reference_round, self.holders, self._sent_to = global_round, set(), set(node_ids)
+        contents = {n: delta if delta is not None and n in self.holders else self.full() for n in node_ids}
+        self.reference_round, self.holders = global_round, set()
         return contents, sum(arrays_bytes(content["arrays"]) for content in contents.values())
+
+    def full(self) -> RecordDict:
+        """The last send's weights in full fp32 (the reference, for a delta encoding), with its config: for a node
+        that holds no reference, and for one that said so (ReferenceMissing) in reply to a delta."""
+        if self._full is None:
+            weights = self.reference if is_delta(self.encoding) else self.base
+            self._full = RecordDict({"arrays": encode(FP32, weights, self.wire),
+                                     "config": ConfigRecord({**self._config, "reference-round": FULL})})
+        return self._full
 
     def received(self, node_id: int) -> None:
         """`node_id` replied without error to the last `send`: it holds the current reference."""
@@ -362,7 +371,7 @@ class NodeCodec:
                 raise ReferenceMissing(
                     f"the server sent a delta against round {base}'s global weights, this node holds "
                     + (f"round {held}'s" if held is not None else "none")
-                    + " (it restarted or missed a round): the server sends it full weights next round")
+                    + " (its worker restarted): the server sends it this round's full weights")
             reference = numpy_arrays(self.state[REFERENCE])
             weights = {k: reference[k] + v for k, v in decoded(encoding, arrays, layout_of(reference))}
         if is_delta(encoding):

@@ -47,22 +47,33 @@ def pull_replies(grid: Grid, message_ids: set[str]) -> list[Message]:
 
 
 def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
-                     on_reply: Callable[[Message], None]) -> list[int]:
+                     on_reply: Callable[[Message], Message | None]) -> list[int]:
     """`Grid.send_and_receive`, but handing each reply to `on_reply` as it arrives (so a round's replies need not
     all be in memory at once) and looking for replies every REPLY_POLL_SECONDS instead of Flower's 3 s, which would
-    add 1.5 s on average to every round of a few seconds. Returns the ids of the nodes that sent no reply before
-    `timeout` (a node that is gone replies with an error once Flower's heartbeat notices)."""
+    add 1.5 s on average to every round of a few seconds. A message `on_reply` returns is sent in the reply's place,
+    within the same deadline. Returns the ids of the nodes that sent no reply before `timeout` (a node that is gone
+    replies with an error once Flower's heartbeat notices)."""
     started = time.monotonic()
-    message_ids = list(grid.push_messages(messages))  # in the order of `messages`; None where a push failed
-    unsent = [msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True) if mid is None]
-    pending = {mid: msg.metadata.dst_node_id for mid, msg in zip(message_ids, messages, strict=True) if mid}
+    pending: dict[str, int] = {}  # message id -> node id
+    unsent: list[int] = []
+
+    def push(batch: list[Message]) -> None:
+        message_ids = list(grid.push_messages(batch))  # in the order of `batch`; None where a push failed
+        for mid, msg in zip(message_ids, batch, strict=True):
+            if mid is None:
+                unsent.append(msg.metadata.dst_node_id)
+            else:
+                pending[mid] = msg.metadata.dst_node_id
+
+    push(messages)
     received = 0
     while pending and time.monotonic() < started + timeout:
         time.sleep(REPLY_POLL_SECONDS)
         for reply in pull_replies(grid, set(pending)):
             pending.pop(reply.metadata.reply_to_message_id, None)
             received += 1
-            on_reply(reply)
+            if (follow_up := on_reply(reply)) is not None:
+                push([follow_up])
     log.info("replies_received", sent=len(messages), received=received, seconds=round(time.monotonic() - started, 2))
     return sorted(unsent + list(pending.values()))
 

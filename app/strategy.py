@@ -298,6 +298,15 @@ class FedVLA(FedProx):
             content["norm-stats"] = self.norm_stats
         return [Message(content=contents[n], message_type=message_type, dst_node_id=n) for n in node_ids]
 
+    def _full_weights_message(self, server_round: int, node_id: int) -> Message:
+        """The last train message's global model in full fp32, for `node_id`."""
+        content = self.broadcast.full()
+        content["norm-stats"] = self.norm_stats
+        self.traffic[server_round]["bytes-sent"] += codec.arrays_bytes(content["arrays"])
+        log.warning("full_weights_resent", round=server_round, node_id=node_id, node=self.names.get(node_id, "?"),
+                    why="the node holds no reference for the round's delta (its worker restarted)")
+        return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._global = arrays
         wait_for_nodes(grid, self.run.min_available_nodes, self.run.node_wait_timeout, self.names)
@@ -349,10 +358,16 @@ class FedVLA(FedProx):
         self._round = _TrainRound(server_round, WeightedMean() if self.run.aggregation == "fedprox" else None,
                                   self._global)
 
-    def receive_train(self, reply: Message) -> None:
+    def receive_train(self, reply: Message) -> Message | None:
         """Screen one train reply and fold it in (or, for a robust aggregation, keep it decoded). The caller can
-        let the reply go afterwards."""
+        let the reply go afterwards. Returns a message to send in the reply's place when the node could not apply
+        the delta it was sent (its worker restarted mid-round and lost its reference): the round's full weights,
+        once per node and round, so the node's update still counts this round."""
         current = self._round
+        node_id = reply.metadata.src_node_id
+        if reply.has_error() and codec.is_reference_missing(reply.error.reason) and node_id not in current.resent:
+            current.resent.add(node_id)
+            return self._full_weights_message(current.server_round, node_id)
         if not reply.has_error() and "arrays" in reply.content.array_records:
             self.traffic[current.server_round]["bytes-received"] += codec.arrays_bytes(reply.content["arrays"])
         report = self._screen("train", current.server_round, reply, self.expected)
@@ -433,3 +448,4 @@ class _TrainRound:
     kept: list[Message] = field(default_factory=list)
     reports: list[NodeReport] = field(default_factory=list)
     metrics: list[RecordDict] = field(default_factory=list)
+    resent: set[int] = field(default_factory=set)  # nodes sent full weights after a ReferenceMissing reply

@@ -166,6 +166,27 @@ def test_a_node_sent_a_delta_it_cannot_apply_says_so():
         NodeCodec(RecordDict()).receive(contents[1])
 
 
+def test_a_node_that_lost_its_reference_mid_round_gets_the_rounds_full_weights_and_holds_the_reference():
+    broadcast = Broadcast("int8-delta")
+    broadcast.send(WEIGHTS, 0, [1])
+    broadcast.received(1)
+    moved = {k: v + 0.25 for k, v in WEIGHTS.items()}
+    contents, _ = broadcast.send(moved, 1, [1], {"lr": 0.5})
+    restarted = NodeCodec(RecordDict())
+    with pytest.raises(ReferenceMissing) as refused:
+        restarted.receive(contents[1])
+    assert codec.is_reference_missing(f"{type(refused.value).__name__}: {refused.value}")
+    full = broadcast.full()
+    assert full["config"]["reference-round"] == codec.FULL and full["config"]["global-round"] == 1
+    assert full["config"]["lr"] == 0.5, "the round's config travels with its full weights"
+    held = restarted.receive(full)
+    assert all(np.array_equal(held[k], broadcast.reference[k]) for k in WEIGHTS), "what the delta would have given"
+    broadcast.received(1)
+    following, _ = broadcast.send({k: v + 0.5 for k, v in WEIGHTS.items()}, 2, [1])
+    assert following[1]["config"]["reference-round"] == 1, "the node is back on deltas the next round"
+    restarted.receive(following[1])
+
+
 def test_a_node_that_errs_is_sent_full_weights_next():
     broadcast = Broadcast("int8-delta")
     broadcast.send(WEIGHTS, 0, [1, 2])

@@ -153,6 +153,24 @@ def test_send_and_receive_hands_over_what_came_back_by_the_deadline_and_returns_
     assert len(replies) == 1 and silent == [2]
 
 
+def test_a_message_sent_in_a_replys_place_is_awaited_within_the_same_deadline(task_identity):
+    from flwr.app import Message, RecordDict
+
+    from app.server_app import send_and_receive
+
+    grid, replies = SlowGrid(), []
+
+    def resend_once(reply):
+        replies.append(reply)
+        if len(replies) == 1:
+            return Message(RecordDict(), dst_node_id=1, message_type="train")
+        return None
+
+    silent = send_and_receive(grid, two_messages(), timeout=0.8, on_reply=resend_once)
+    assert len(replies) == 2 and [m.metadata.dst_node_id for m in grid.sent] == [1], "the follow-up was pushed"
+    assert silent == [2]
+
+
 def test_a_busy_superlink_is_asked_again_at_the_next_poll(task_identity):
     from app.server_app import send_and_receive
 

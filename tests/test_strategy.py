@@ -306,6 +306,37 @@ def test_int8_delta_updates_are_screened_and_rebuilt_on_the_global_weights():
     assert second[2]["config"]["reference-round"] == codec.FULL, "node 2 did not reply: full weights"
 
 
+def test_a_node_that_lost_its_reference_is_sent_the_rounds_full_weights_once_and_its_update_counts():
+    from app import codec
+
+    s, seen = strategy(**{"update-encoding": "int8-delta"})
+    s.configure_train(1, GLOBAL, ConfigRecord(), FakeGrid())
+    arrays, _ = s.aggregate_train(1, [int8_reply(1, 0.5), int8_reply(2, 0.5)])
+    s.configure_train(2, arrays, ConfigRecord(), FakeGrid())
+    s.open_train_round(2)
+    refused = Message(error=Error(code=0, reason="WorkerFailed: ReferenceMissing: the server sent a delta against "
+                                               "round 1's global weights, this node holds none"),
+                      metadata=_from_node(2))
+    resend = s.receive_train(refused)
+    assert resend.metadata.dst_node_id == 2 and resend.metadata.message_type == "train"
+    assert resend.content["config"]["reference-round"] == codec.FULL
+    assert resend.content["config"]["server-round"] == 2 and "norm-stats" in resend.content
+    assert s.receive_train(refused) is None, "once per node and round: a node that refuses full weights is dropped"
+    assert s.receive_train(int8_reply(1, 0.5)) is None and s.receive_train(int8_reply(2, 0.5)) is None
+    s.close_train_round()
+    kind, rnd, reports = seen[-1]
+    assert (kind, rnd) == ("train", 2) and sorted(r.node_id for r in reports) == [1, 2], "both updates count"
+    assert len(s.dropped[2]) == 1, "the second refusal is dropped, with its reason"
+
+
+def int8_reply(node_id: int, step: float) -> Message:
+    from app import codec
+
+    reply = train_reply(node_id, 0.0, 10)
+    reply.content["arrays"] = codec.encode("int8-delta", {k: np.full(2, step, np.float32) for k in sorted(KEYS)})
+    return reply
+
+
 def test_a_bf16_update_holding_nan_is_dropped():
     from app import codec
 

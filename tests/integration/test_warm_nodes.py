@@ -51,6 +51,8 @@ def test_both_runs_complete_with_every_node_in_every_round(two_runs):
     run_a, _ = two_runs["runs"]
     rounds = json.loads((find_run_dir(two_runs["out"], run_a) / "server" / "federated_metrics.json").read_text())
     assert [sorted(r["nodes"]) for r in rounds["rounds"]] == [list(NODES)] * 2, "every node is reported in every round"
+    assert all(node["train-loss"] is not None for r in rounds["rounds"] for node in r["nodes"].values()), \
+        "and every node's update is in every round (a node listed only for its evaluation has no train-loss)"
 
 
 def test_a_warm_node_builds_one_policy_per_run_and_serves_every_message_with_it(two_runs):
@@ -72,10 +74,11 @@ def test_a_killed_worker_is_reported_and_restarted(two_runs):
     assert "companion_exited" in log and "code=-9" in log
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: the restarted worker holds no reference for the round's int8 delta (ReferenceMissing), so the "
-    "retried message is refused and the node's update is dropped; the fix is a same-round resend of full weights"))
-def test_the_message_a_killed_worker_was_training_is_trained_again_and_aggregated(two_runs):
+def test_the_message_a_killed_worker_was_training_is_trained_again_from_full_weights_and_aggregated(two_runs):
+    """The restarted worker holds no reference for the round's int8 delta: it refuses the retried message
+    (ReferenceMissing), the server sends it the round's full weights, and its update still counts."""
     assert trainings(two_runs["logs"]["operator_0"], 2) == 2, "the new worker trains the message the killed one was on"
     run_a, _ = two_runs["runs"]
-    assert server_events(two_runs["out"], run_a).count("reply_dropped") == 0, "and its reply reaches the aggregate"
+    events = server_events(two_runs["out"], run_a)
+    assert events.count("full_weights_resent") == 1
+    assert events.count("reply_dropped") == 0, "and its reply reaches the aggregate"
