@@ -34,6 +34,10 @@ HEARTBEAT_SECONDS = 2.0  # a busy worker says it is alive this often
 class WorkerUnavailable(RuntimeError):
     """The worker is not there (not started yet, crashed) or went away mid-request."""
 
+    def __init__(self, message: str, pid: int | None = None):
+        super().__init__(message)
+        self.pid = pid  # the worker that went away, when it had said who it was
+
 
 class WorkerStuck(RuntimeError):
     """The worker is there but stopped answering or stopped making progress."""
@@ -137,14 +141,21 @@ def _connect(path: str, limits: Limits) -> socket.socket:
 def _exchange(path: str, header: dict, payload: bytes, limits: Limits) -> bytes:
     sock = _connect(path, limits)
     with sock:
-        send_frame(sock, header, payload)
-        sock.settimeout(limits.silence_seconds)
         progress, progress_at, pid = None, time.monotonic(), None
+        try:
+            send_frame(sock, header, payload)
+        except OSError as exc:
+            raise WorkerUnavailable(f"the worker went away before it took the request ({exc})") from exc
+        sock.settimeout(limits.silence_seconds)
         while True:
             try:
                 reply, body = recv_frame(sock)
             except TimeoutError as exc:
                 raise WorkerStuck(f"the worker (pid {pid}) sent nothing for {limits.silence_seconds:.0f} s", pid) from exc
+            except WorkerUnavailable as exc:
+                raise WorkerUnavailable(str(exc), pid) from exc
+            except OSError as exc:  # reset mid-answer: the worker died
+                raise WorkerUnavailable(f"the worker's connection broke ({exc})", pid) from exc
             pid = reply.get("pid", pid)
             if reply["type"] == "reply":
                 return body
@@ -166,6 +177,19 @@ def _remote_error(reply: dict) -> Exception:
     return WorkerFailed(f"{reply.get('kind')}: {reply['message']}")
 
 
+def _wait_gone(pid: int | None, seconds: float) -> None:
+    """Wait until a lost worker's process is gone: a retry sent sooner reaches the dying worker's socket."""
+    deadline = time.monotonic() + seconds
+    while pid and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:  # not ours to signal: it cannot be the node's worker, nothing to wait for
+            return
+        time.sleep(0.2)
+
+
 def _kill(pid: int | None) -> None:
     if pid:
         try:
@@ -182,8 +206,10 @@ def call(path: str, header: dict, payload: bytes, limits: Limits = Limits(), log
         except WorkerStuck as exc:
             log.error("worker_stuck", socket=path, why=str(exc), attempt=attempt, action="killed, restarting")
             _kill(exc.pid)
+            _wait_gone(exc.pid, limits.connect_seconds)
             failure: Exception = exc
-        except (WorkerUnavailable, ConnectionResetError, BrokenPipeError) as exc:
+        except WorkerUnavailable as exc:
             log.error("worker_lost", socket=path, why=str(exc), attempt=attempt, action="waiting for its restart")
+            _wait_gone(exc.pid, limits.connect_seconds)
             failure = exc
     raise WorkerFailed(f"the node's worker failed twice on this message ({failure}); see its log {log_hint}")

@@ -66,6 +66,7 @@ class Deployment:
     fleet_port: int = field(default_factory=free_port)
     control_port: int = field(default_factory=free_port)
     restart_nodes: bool = False
+    environment: dict[str, str] = field(default_factory=dict)  # on top of this process's, for every process started
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     nodes: set[str] = field(default_factory=set)  # the SuperNodes' names among `processes`
     lost: dict[str, float] = field(default_factory=dict)  # SuperNodes that exited -> when it was noticed
@@ -86,7 +87,7 @@ class Deployment:
 
     @property
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.environment}
         # The SuperLink spawns flower-superexec (and that, the ServerApp) from PATH.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["FLWR_HOME"] = str(self.workdir / "flwr-home")

@@ -56,8 +56,8 @@ class Companion:
         if lived > HEALTHY_AFTER_SECONDS:
             self.backoff = 1.0
         self.restart_at = now + self.backoff
-        log.error("companion_exited", name=self.name, code=code, lived_seconds=round(lived, 1),
-                  restart_in_seconds=self.backoff)
+        log.error("companion_exited", name=self.name, pid=self.process.pid, code=code,
+                  lived_seconds=round(lived, 1), restart_in_seconds=self.backoff)
         self.backoff = min(self.backoff * 2, MAX_BACKOFF_SECONDS)
         self.process = None
 

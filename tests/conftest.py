@@ -45,6 +45,31 @@ def pytest_terminal_summary(terminalreporter):
     write_summary(terminalreporter)
 
 
+# The modules that use `shared_deployment`, in the order they run (one after another, where the first of them was
+# collected): node loss last, as it leaves a node dead.
+SHARED_DEPLOYMENT_ORDER = ("test_warm_nodes.py", "test_crash_resume.py", "test_data_stays_home.py", "test_secrets.py",
+                           "test_node_loss.py")
+
+
+def pytest_collection_modifyitems(items):
+    shared = sorted((item for item in items if item.path.name in SHARED_DEPLOYMENT_ORDER),
+                    key=lambda item: SHARED_DEPLOYMENT_ORDER.index(item.path.name))  # stable: a module's own order
+    if shared:
+        others = [item for item in items if item.path.name not in SHARED_DEPLOYMENT_ORDER]
+        first = items.index(next(item for item in items if item.path.name in SHARED_DEPLOYMENT_ORDER))
+        items[:] = others[:first] + shared + others[first:]
+
+
+@pytest.fixture(scope="session")
+def shared_deployment(tmp_path_factory):
+    """The session's one authenticated deployment of two warm SuperNodes, for the tests that need a running
+    federation (tests/integration/shared_deployment.py: how they share it, and the order they run in)."""
+    from tests.integration.shared_deployment import SharedDeployment
+
+    with SharedDeployment.running(tmp_path_factory.mktemp("shared-deployment")) as shared:
+        yield shared
+
+
 @pytest.fixture(scope="session")
 def fedvla_home() -> Path:
     return Path(os.environ["FEDVLA_HOME"])

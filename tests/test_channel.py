@@ -4,6 +4,7 @@ misbehave on purpose (the real worker is exercised in tests/test_worker.py and t
 import stat
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -66,6 +67,33 @@ def test_a_silent_worker_is_killed_and_the_message_retried_on_the_next_one(tmp_p
     serve(path, hang, echo)
     assert channel.call(str(path), {"op": "evaluate"}, b"!", FAST) == b"evaluate!"
     assert stuck_worker.wait(timeout=5) == -9
+
+
+def test_the_retry_after_a_lost_worker_waits_for_its_replacement_not_the_dying_one(tmp_path):
+    path = tmp_path / "worker.sock"
+    dying_worker = subprocess.Popen(["sleep", "60"])
+    old = channel.listen(path)
+
+    def die_slowly_then_restart():
+        connection, _ = old.accept()
+        channel.recv_frame(connection)
+        channel.send_frame(connection, {"type": "alive", "pid": dying_worker.pid, "progress": 0})
+        connection.close()  # lost mid-request, but the process lingers and its socket still accepts
+        old.settimeout(1.0)
+        try:
+            while True:
+                early, _ = old.accept()
+                early.close()  # a retry that reached the dying worker
+        except TimeoutError:
+            pass
+        old.close()
+        dying_worker.kill()
+        dying_worker.wait()
+        time.sleep(0.5)  # the supervisor's restart: a new socket at the same path
+        serve(path, echo)
+
+    threading.Thread(target=die_slowly_then_restart, daemon=True).start()
+    assert channel.call(str(path), {"op": "train"}, b"!", FAST) == b"train!"
 
 
 def test_a_worker_that_keeps_dying_fails_the_message_and_names_its_log(tmp_path):

@@ -68,12 +68,12 @@ def trainings(node_log: str, server_round: int) -> int:
     return len(re.findall(rf"round_training .*\bround={server_round}\b", node_log))
 
 
-def wait_for_training(deployment, node: str, server_round: int, times: int = 1, timeout: float = 600) -> None:
-    """Until `node`'s worker is training `server_round` (for the `times`-th time): where a test's kill lands so that
-    it hits a message in progress, not the gap between two."""
+def wait_for_training(scenario, node: str, server_round: int, times: int = 1, timeout: float = 600) -> None:
+    """Until `node`'s worker is training `server_round` (for the `times`-th time in the shared deployment's
+    `scenario`): where a test's kill lands so that it hits a message in progress, not the gap between two."""
     deadline = time.monotonic() + timeout
-    while trainings(deployment.log_tail(node, lines=100_000), server_round) < times:
-        deployment.check_alive()
+    while trainings(scenario.log(node), server_round) < times:
+        scenario.deployment.check_alive()
         assert time.monotonic() < deadline, f"{node} never started training round {server_round}"
         time.sleep(0.2)
 

@@ -1,41 +1,32 @@
-"""A SuperNode lost mid-run, in a real deployment (flower-superlink, `fedvla node` x 2 over gRPC on 127.0.0.1): the
-round it was in closes with the other node's update once Flower's heartbeat notices, the loss is listed, and the
-next round's wait for `min-available-nodes` names the missing node and gives up instead of waiting forever."""
+"""A SuperNode lost mid-run, on the shared deployment (flower-superlink, `fedvla node` x 2 over gRPC on 127.0.0.1,
+TLS and SuperNode authentication): the round it was in closes with the other node's update once Flower's heartbeat
+notices, the loss is listed, and the next round's wait for `min-available-nodes` names the missing node and gives up
+instead of waiting forever."""
 
 import json
 import os
 import signal
-import time
 
 import pytest
 
-from app import embedded
-from app.config import EMBEDDED_OVERRIDES, RunConfig
+from app.config import EMBEDDED_OVERRIDES
 from app.demo import APP_DIR, find_run_dir
-from app.launch import Deployment
-from tests.integration.conftest import NODES, server_events
+from tests.integration.conftest import server_events, wait_for_training
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def lost_node_run(tmp_path_factory):
-    embedded.ensure_base_model()
-    embedded.ensure_server_eval_dataset()
+def lost_node_run(shared_deployment, tmp_path_factory):
     out = tmp_path_factory.mktemp("outputs")
-    with Deployment(tmp_path_factory.mktemp("deployment")) as deployment:
-        deployment.start_superlink(cwd=APP_DIR)
-        for i, name in enumerate(NODES):
-            deployment.start_supernode(name, str(embedded.ensure_operator_dataset(i)), "embedded:tiny", threads=1,
-                                       camera_map=RunConfig().camera_map)
+    # the last scenario of the shared deployment (tests/conftest.py): it leaves operator_0 dead
+    with shared_deployment.scenario("node loss") as scenario:
+        deployment = scenario.deployment
         run_id = deployment.submit(APP_DIR, {**EMBEDDED_OVERRIDES, "num-server-rounds": 3, "local-steps": 20,
                                              "node-wait-timeout": 20, "output-dir": str(out)})
-        while server_events(out, run_id).count("round_start") < 2:
-            deployment.check_alive()
-            time.sleep(0.5)
-        lost = deployment.processes.pop("operator_0")  # the whole node: SuperNode, worker, executor
-        os.killpg(lost.pid, signal.SIGKILL)
-        lost.wait()
+        wait_for_training(scenario, "operator_0", 2)  # the kill lands on a message in progress
+        os.killpg(deployment.processes["operator_0"].pid, signal.SIGKILL)  # the whole node: SuperNode, worker, executor
+        assert server_events(out, run_id).count("round_done") == 1, "the kill missed round 2"
         status = deployment.wait(run_id, ended=lambda: "run_failed" in server_events(out, run_id))
     run_dir = find_run_dir(out, run_id)
     return status, run_dir

@@ -1,8 +1,8 @@
-"""A run that survives its coordinator, with real processes: TLS and SuperNode authentication on, the ServerApp is
-SIGKILLed in round 2, then the whole SuperLink (with its ServerApp) in round 3. Each time the run is submitted again
-with the same run-config, as `docker compose`'s `submit` service does, and carries on from its last completed round
-in the same outputs directory; the SuperNodes reconnect to the restarted SuperLink by themselves. No completed round
-is lost or repeated."""
+"""A run that survives its coordinator, on the shared deployment (TLS and SuperNode authentication on): the
+ServerApp is SIGKILLed in round 2, then the whole SuperLink (with its ServerApp) in round 3. Each time the run is
+submitted again with the same run-config, as `docker compose`'s `submit` service does, and carries on from its last
+completed round in the same outputs directory; the SuperNodes reconnect to the restarted SuperLink by themselves. No
+completed round is lost or repeated."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import signal
 import psutil
 import pytest
 
-from app import embedded
 from app.checkpoint import verify_checkpoint
-from app.config import EMBEDDED_OVERRIDES, RunConfig
+from app.config import EMBEDDED_OVERRIDES
 from app.demo import APP_DIR, find_run_dir
 from app.launch import Deployment
 from tests.integration.conftest import NODES, command_line, wait_for_training
@@ -33,26 +32,21 @@ def events(log_lines, name: str) -> list[dict]:
     return [event for event in map(json.loads, log_lines()) if event["event"] == name]
 
 
-def kill_while_training(deployment: Deployment, log_lines, server_round: int, kill) -> None:
+def kill_while_training(scenario, log_lines, server_round: int, kill) -> None:
     """`kill()` once a node is training `server_round`, and check the round was still open when it landed."""
-    wait_for_training(deployment, NODES[0], server_round)
+    wait_for_training(scenario, NODES[0], server_round)
     kill()
     assert server_round not in [e["round"] for e in events(log_lines, "round_done")], "the kill missed the round"
 
 
 @pytest.fixture(scope="module")
-def crashed_run(tmp_path_factory):
-    embedded.ensure_base_model()
-    embedded.ensure_server_eval_dataset()
+def crashed_run(shared_deployment, tmp_path_factory):
     out = tmp_path_factory.mktemp("outputs")
     # with a server optimizer, whose momentum must be carried on too (tests/test_strategy.py checks the steps)
     run_config = {**EMBEDDED_OVERRIDES, "num-server-rounds": ROUNDS, "local-steps": 10, "output-dir": str(out),
                   "server-optimizer": "fedavgm"}
-    with Deployment(tmp_path_factory.mktemp("deployment"), auth=True) as deployment:
-        deployment.start_superlink(cwd=APP_DIR)
-        for i, name in enumerate(NODES):
-            deployment.start_supernode(name, str(embedded.ensure_operator_dataset(i)), "embedded:tiny", threads=1,
-                                       camera_map=RunConfig().camera_map)
+    with shared_deployment.scenario("crash-resume") as scenario:
+        deployment = scenario.deployment
         first = deployment.submit(APP_DIR, run_config)
 
         def log_lines() -> list[str]:
@@ -65,11 +59,11 @@ def crashed_run(tmp_path_factory):
             for process in serverapp_processes(deployment):
                 process.kill()
 
-        kill_while_training(deployment, log_lines, 2, kill_serverapp)
+        kill_while_training(scenario, log_lines, 2, kill_serverapp)
         deployment.flwr("stop", str(first), "fedvla-local", timeout=60)  # as an operator would, if it still shows
         second = deployment.submit(APP_DIR, run_config)
         run_dir = find_run_dir(out, first)
-        kill_while_training(deployment, log_lines, 3,  # the SuperLink and its ServerApp
+        kill_while_training(scenario, log_lines, 3,  # the SuperLink and its ServerApp
                             lambda: os.killpg(deployment.processes["superlink"].pid, signal.SIGKILL))
         deployment.processes["superlink"].wait()
         deployment.start_superlink(cwd=APP_DIR)  # the same state database, certificates and registered keys

@@ -1,12 +1,10 @@
-"""Data stays home: in a real federated run, every reply a node sends holds only the trainable parameters (as the
-run's update encoding carries them: by default int8 deltas and their scales), scalar
-metrics, the node's public name and (once, before round 1) its state/action normalization stats. No frame, no
-image, no episode and no path of the operator's machine leaves it."""
+"""Data stays home: in a real federated run on the shared deployment (tests/reliability/conftest.py), every reply
+a node sends holds only the trainable parameters (as the run's update encoding carries them: by default int8 deltas
+and their scales), scalar metrics, the node's public name and (once, before round 1) its state/action normalization
+stats. No frame, no image, no episode and no path of the operator's machine leaves it. The replies are recorded
+where the ClientApp hands them to Flower, after the node's warm worker produced them."""
 
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
@@ -14,13 +12,11 @@ from flwr.common.serde import ProtoRecordDict, recorddict_from_proto
 
 from app import codec, embedded
 from app import model as models
-from app.config import EMBEDDED_OVERRIDES, RunConfig, fedvla_home
+from app.config import RunConfig, fedvla_home
 from app.node import NORMALIZED_KEYS, STAT_FIELDS
-from tests.integration.conftest import REPO, flwr_run, local_simulation, stop_local_superlink
 
 pytestmark = pytest.mark.integration
 
-RECORDER = Path(__file__).with_name("recording_client_app.py")
 # What a node may say about itself, in every reply (ConfigRecord "node"): the name the operator chose for it
 # (reports are per node) and its dataset's public name (Hub id, embedded name or local:<directory name>), which
 # tells the coordinator whose data a model learned from without revealing where it lies on the operator's disk.
@@ -29,17 +25,6 @@ NODE_KEYS = {"node-name", "dataset"}
 # action, which the server merges into one normalization for the federation (lerobot#1763). Summaries of at most
 # one value per joint, never frames.
 STATS_KEYS = {f"{key}/{field}" for key in NORMALIZED_KEYS for field in STAT_FIELDS}
-
-
-def recording_app(directory: Path) -> Path:
-    """This project as a Flower App whose ClientApp is tests/reliability/recording_client_app.py."""
-    directory.mkdir()
-    pyproject = (REPO / "pyproject.toml").read_text()
-    component = 'clientapp = "app.client_app:app"'
-    assert pyproject.count(component) == 1, "pyproject.toml names the ClientApp otherwise: update this test"
-    (directory / "pyproject.toml").write_text(pyproject.replace(component, 'clientapp = "recording_client_app:app"'))
-    shutil.copy(RECORDER, directory / RECORDER.name)
-    return directory
 
 
 def problems(kind: str, name: str, record, wire: dict, joints: int) -> list[str]:
@@ -72,40 +57,29 @@ def problems(kind: str, name: str, record, wire: dict, joints: int) -> list[str]
     return [f"{where}: a {type(record).__name__} that no reply should carry"]
 
 
-def test_a_node_sends_only_weights_scalar_metrics_stats_and_its_public_name(tmp_path, tiny_config, tiny_policy,
+def test_a_node_sends_only_weights_scalar_metrics_stats_and_its_public_name(recorded_run, tiny_config, tiny_policy,
                                                                             ledger):
-    replies_dir, home = tmp_path / "replies", tmp_path / "flwr-home"
-    replies_dir.mkdir()
-    dataset = embedded.ensure_operator_dataset(0)  # a local directory, as an operator's recordings are
-    env = local_simulation(home, num_supernodes=2)
-    env["FEDVLA_RECORDED_REPLIES"] = str(replies_dir)
-    run_config = {**EMBEDDED_OVERRIDES, "partition-dataset": str(dataset), "num-server-rounds": 1,
-                  "local-steps": 5, "output-dir": str(tmp_path / "outputs")}
-    try:
-        result = flwr_run(env, run_config, app=recording_app(tmp_path / "app"))
-    finally:
-        stop_local_superlink(home)
-
     trainable = models.trainable_state(tiny_policy)
-    encoded = codec.wire_layout(RunConfig.from_mapping(run_config).update_encoding,
+    encoded = codec.wire_layout(RunConfig.from_mapping(recorded_run.run_config).update_encoding,
                                 codec.layout_of({k: v.numpy() for k, v in trainable.items()}))
     schema = models.policy_schema(tiny_config, None)
     joints = max(schema.state_dim, schema.action_dim)
+    places = [str(embedded.ensure_operator_dataset(i)) for i in (0, 1)]
+    places += [str(fedvla_home()), str(recorded_run.outputs), str(recorded_run.shared.deployment.workdir)]
     found, kinds = [], []
-    for path in sorted(replies_dir.iterdir()):
+    for path in recorded_run.replies:
         kind = path.name.split("-")[0]
         kinds.append(kind)
         wire = path.read_bytes()
         # Whatever the structure, no path of this machine is in the bytes that went out.
-        found += [f"{kind} reply names {place}" for place in (str(dataset), str(fedvla_home()), str(tmp_path))
-                  if place.encode() in wire]
+        found += [f"{kind} reply names {place}" for place in places if place.encode() in wire]
         content = recorddict_from_proto(ProtoRecordDict.FromString(wire))
         for name, record in content.items():
             found += problems(kind, name, record, encoded, joints)
-    ledger.book("what leaves a node: every reply of a run checked", runs_completed=int(result.returncode == 0),
-                secrets_found=len(found))
+    ledger.book("what leaves a node: every reply of a run checked",
+                runs_completed=int(recorded_run.status == "finished:completed"), secrets_found=len(found))
 
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert recorded_run.status == "finished:completed"
     assert found == []
     # Both nodes answered every kind of message: stats before round 1, a train and a final evaluate message.
     assert sorted(kinds) == ["evaluate"] * 2 + ["query"] * 2 + ["train"] * 2, kinds
