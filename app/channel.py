@@ -152,8 +152,9 @@ def _exchange(path: str, header: dict, payload: bytes, limits: Limits) -> bytes:
                 reply, body = recv_frame(sock)
             except TimeoutError as exc:
                 raise WorkerStuck(f"the worker (pid {pid}) sent nothing for {limits.silence_seconds:.0f} s", pid) from exc
-            except WorkerUnavailable as exc:
-                raise WorkerUnavailable(str(exc), pid) from exc
+            except WorkerUnavailable as exc:  # closed mid-answer: name the worker it was
+                exc.pid = pid
+                raise
             except OSError as exc:  # reset mid-answer: the worker died
                 raise WorkerUnavailable(f"the worker's connection broke ({exc})", pid) from exc
             pid = reply.get("pid", pid)
@@ -183,9 +184,7 @@ def _wait_gone(pid: int | None, seconds: float) -> None:
     while pid and time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:  # not ours to signal: it cannot be the node's worker, nothing to wait for
+        except (ProcessLookupError, PermissionError):  # gone, or not ours: then it cannot be the node's worker
             return
         time.sleep(0.2)
 
