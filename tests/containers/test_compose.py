@@ -1,7 +1,7 @@
-"""The federation in containers, end to end: `docker compose build`, `docker compose up -d`, the `submit` service
-runs a 2-round FedProx run of the embedded default on 2 SuperNode containers, and then the real Prometheus, the
-outputs volume, the images and a misconfigured node are checked. One federation serves every test here; it is
-taken down with its volumes at the end, also on failure.
+"""The federation in containers, end to end: `docker compose build` (started in the background as the session
+began, conftest.py), `docker compose up -d`, the `submit` service runs a 2-round FedProx run of the embedded default
+on 2 SuperNode containers, and then the real Prometheus, the outputs volume, the images and a misconfigured node
+are checked. One federation serves every test here; it is taken down with its volumes at the end, also on failure.
 
 Without Docker the module skips, except under CI=true, where a missing Docker is a failure (.ci/run installs it).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import time
@@ -23,21 +22,13 @@ from pathlib import Path
 import pytest
 
 from app.launch import free_port
+from tests.containers.images import FAKE_TOKEN, docker_ready, image_build
 from tests.helpers import write_dataset_with
 from tests.integration.conftest import assert_run_outputs
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 2
-FAKE_TOKEN = "hf_ContainerLeakCheck0123456789abcdefXYZ"  # must appear in no image, layer or log
 pytestmark = [pytest.mark.containers, pytest.mark.timeout(2700)]
-
-
-def docker_ready() -> bool:
-    try:
-        return all(subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
-                   for cmd in (["docker", "info"], ["docker", "compose", "version"]))
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 @dataclass
@@ -68,27 +59,19 @@ class Federation:
         return self.compose("exec", "-T", service, "python3", "-c", fetch).stdout
 
 
-def trust_this_machines_extra_cas() -> None:
-    """A build behind a TLS-intercepting proxy needs its CA (images/ca-certificates/README.md): the CAs this
-    machine added locally are exactly those."""
-    for cert in Path("/usr/local/share/ca-certificates").glob("*.crt"):
-        shutil.copy(cert, REPO / "images" / "ca-certificates" / cert.name)
-
-
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> Federation:
     if not docker_ready():
         if os.environ.get("CI") == "true":
             pytest.fail("CI=true but Docker with Compose v2 is not available: .ci/run starts it with .ci/docker-offline.sh")
         pytest.skip("Docker with Compose v2 is not available here")
-    trust_this_machines_extra_cas()
     ports = {name: free_port() for name in ("FEDVLA_API_PORT", "FEDVLA_FLEET_PORT", "FEDVLA_PROMETHEUS_PORT")}
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "HF_TOKEN": FAKE_TOKEN,
            "FEDVLA_RUN_CONFIG": f"num-server-rounds={ROUNDS} local-steps=20"}
     federation = Federation(f"fedvla-test-{os.getpid()}", env, f"http://127.0.0.1:{ports['FEDVLA_PROMETHEUS_PORT']}",
                             tmp_path_factory.mktemp("compose-outputs"), submit_code=-1)
     try:
-        federation.compose("build", timeout=1800)
+        image_build(tmp_path_factory.getbasetemp() / "image-build.log").wait(timeout=1800)
         federation.compose("up", "-d", timeout=900)
         federation.submit_code = wait_for_exit(federation, "submit", timeout=1800)
         federation.compose("cp", "serverapp:/var/lib/fedvla/outputs/.", str(federation.outputs))
