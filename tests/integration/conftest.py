@@ -71,9 +71,17 @@ def trainings(node_log: str, server_round: int) -> int:
 def wait_for_training(scenario, node: str, server_round: int, times: int = 1, timeout: float = 600) -> None:
     """Until `node`'s worker is training `server_round` (for the `times`-th time in the shared deployment's
     `scenario`): where a test's kill lands so that it hits a message in progress, not the gap between two."""
+    wait_for_training_in(lambda: scenario.log(node), scenario.deployment.check_alive, node, server_round, times,
+                         timeout)
+
+
+def wait_for_training_in(read_log, check_alive, node: str, server_round: int, times: int = 1,
+                         timeout: float = 600) -> None:
+    """wait_for_training on any node log: `read_log()` returns the log so far, `check_alive()` raises once what
+    runs the node is gone."""
     deadline = time.monotonic() + timeout
-    while trainings(scenario.log(node), server_round) < times:
-        scenario.deployment.check_alive()
+    while trainings(read_log(), server_round) < times:
+        check_alive()
         assert time.monotonic() < deadline, f"{node} never started training round {server_round}"
         time.sleep(0.2)
 

@@ -10,13 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.integration.conftest import REPO, command_line, trainings
+from tests.integration.conftest import REPO, command_line, wait_for_training_in
 
 pytestmark = pytest.mark.integration
 ROUNDS = 2
@@ -50,13 +49,12 @@ def test_the_demo_carries_on_without_a_killed_node_and_takes_it_back(tmp_path, l
         demo = subprocess.Popen([sys.executable, "-m", "app.cli", "demo", "--rounds", str(ROUNDS), "--local-steps",
                                  "20", "--output-dir", str(out)], cwd=REPO, stdout=stdout, stderr=stderr, text=True,
                                 start_new_session=True, env={**os.environ, "TMPDIR": str(tmp)})
+        def demo_alive() -> None:
+            assert demo.poll() is None, f"the demo exited {demo.returncode} before {KILLED} trained"
+
         try:
             # The kill lands once the node's worker says it is training: it hits a message in progress.
-            deadline = time.monotonic() + 600
-            while trainings(node_log(tmp, KILLED), KILL_ROUND) < 1:
-                assert demo.poll() is None, f"the demo exited {demo.returncode} before {KILLED} trained"
-                assert time.monotonic() < deadline, f"{KILLED} never started training round {KILL_ROUND}"
-                time.sleep(0.2)
+            wait_for_training_in(lambda: node_log(tmp, KILLED), demo_alive, KILLED, KILL_ROUND)
             os.killpg(node_group(demo, KILLED), signal.SIGKILL)
             demo.wait(timeout=900)
         finally:
