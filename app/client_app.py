@@ -14,7 +14,7 @@ import time
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from app import worker
+from app import codec, worker
 from app.config import NodeConfig
 from app.telemetry import configure_logging, get_logger
 
@@ -30,21 +30,26 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
         content = _forward(node, request, msg.content)
     else:
         content = worker.perform(*request, msg.content, state=context.state)
-    return Message(content=content, reply_to=msg)
+    return Message(content=codec.pack_records(content), reply_to=msg)
 
 
 def _forward(node: NodeConfig, request: tuple, content: RecordDict) -> RecordDict:
     from flwr.common.serde import ProtoRecordDict, recorddict_from_proto, recorddict_to_proto
 
+    import psutil
+
     from app import channel
 
     started = time.perf_counter()
+    # How long Flower's flwr-clientapp process took from its start to this handler (interpreter, FAB install,
+    # app import, message pull): the part of a round's latency that a warm worker cannot remove.
+    startup = time.time() - psutil.Process().create_time()
     header = dict(zip(worker.REQUEST_KEYS, request, strict=True))
     limits = channel.Limits(stall_seconds=node.worker_stall_seconds)
     answer = channel.call(node.worker_socket, header, recorddict_to_proto(content).SerializeToString(), limits,
                           log_hint=str(worker.node_log_dir(node) / "worker.log"))
     log.info("message_forwarded", op=request[0], node=node.label(), seconds=round(time.perf_counter() - started, 2),
-             heavy_imports=sorted(m for m in ("torch", "lerobot", "transformers") if m in sys.modules))
+             startup_seconds=round(startup, 2), heavy_imports=sorted(m for m in ("torch", "lerobot", "transformers") if m in sys.modules))
     return recorddict_from_proto(ProtoRecordDict.FromString(answer))
 
 

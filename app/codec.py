@@ -28,7 +28,8 @@ The arrays of an update travel in one of two wire layouts (`wire-layout`):
     per-array   one Flower Array per wire array (Flower's usual ArrayRecord): two hundred requests for the tiny
                 model's int8 update, kept to measure the difference.
 
-A receiver reads either; `unpack` checks a packed buffer's index (names, dtypes, shapes, offsets) before any
+A packed reply carries its other records (the node's metrics and name) in the update's safetensors header
+(`pack_records`), so that a reply is five objects, not one more per record. A receiver reads either; `unpack` checks a packed buffer's index (names, dtypes, shapes, offsets) before any
 value is read, and returns read-only views into the message's bytes.
 """
 
@@ -40,7 +41,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from safetensors.numpy import save as safetensors_bytes
 
@@ -51,6 +52,7 @@ from app.metrics import arrays_bytes
 ENCODINGS = FP32, BF16, INT8_DELTA, INT4_DELTA = UPDATE_ENCODINGS
 PACKED, PER_ARRAY = WIRE_LAYOUTS
 PACKED_NAME, SAFETENSORS = "update", "safetensors"  # a packed record's one array, and its Flower stype
+RECORDS = "records"  # the one safetensors __metadata__ key a packed reply has: its other records, as JSON
 BLOCK = 128  # values per quantization scale: fp32 scales add 1/32 of a byte per int8 value
 SCALE = "#scale"  # suffix of a quantized array's scales
 FULL = -1  # a message's reference-round when its arrays are full weights, not a delta
@@ -179,7 +181,7 @@ def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
     """Wire array name -> read-only view of its values in `record`'s bytes, in either layout. A record that is
     not well formed (a safetensors index whose offsets do not tile its buffer, an unknown dtype, an array whose
     bytes disagree with its declared shape) raises ValueError naming the array."""
-    if len(record) == 1 and (array := next(iter(record.values()))).stype == SAFETENSORS:
+    if (array := _packed_array(record)) is not None:
         return _unpack_safetensors(array.data)
     parts = {}
     for name, array in record.items():
@@ -194,19 +196,43 @@ def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
     return parts
 
 
-def _unpack_safetensors(data: bytes) -> dict[str, np.ndarray]:
-    """The safetensors format (8-byte little-endian header size, a JSON index, the values), read without a copy,
-    strictly: the index's arrays must cover the buffer exactly, one after another, as safetensors writes them."""
+def _packed_array(record: ArrayRecord) -> Array | None:
+    """The one safetensors Array of a packed record, or None for a per-array one."""
+    if len(record) == 1 and (array := next(iter(record.values()))).stype == SAFETENSORS:
+        return array
+    return None
+
+
+def _header(data: bytes) -> tuple[dict, int]:
+    """A safetensors buffer's JSON header (its index, and __metadata__ if any) and the header's size in bytes."""
     if len(data) < 8 or (size := int.from_bytes(data[:8], "little")) > len(data) - 8:
         raise ValueError("packed update is cut short before the end of its safetensors header")
     try:
-        index = json.loads(data[8:8 + size])
+        header = json.loads(data[8:8 + size])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"packed update's safetensors header is not JSON: {exc}") from None
-    if not isinstance(index, dict):
+    if not isinstance(header, dict):
         raise ValueError("packed update's safetensors header is not a JSON object")
-    if "__metadata__" in index:  # free text a node could leak anything in; this project writes none
-        raise ValueError("packed update carries safetensors __metadata__, which no update has")
+    return header, size
+
+
+def _metadata(header: dict) -> dict[str, str]:
+    """The header's __metadata__: none, or the one key this project writes (`pack_records`). Anything else is free
+    text a node could leak anything in, and is refused."""
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or set(metadata) - {RECORDS} or not all(isinstance(v, str)
+                                                                             for v in metadata.values()):
+        raise ValueError(f"packed update's safetensors __metadata__ must be at most {{{RECORDS!r}: <JSON text>}}, "
+                         f"got keys {sorted(metadata) if isinstance(metadata, dict) else type(metadata).__name__}")
+    return metadata
+
+
+def _unpack_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """The safetensors format (8-byte little-endian header size, a JSON index, the values), read without a copy,
+    strictly: the index's arrays must cover the buffer exactly, one after another, as safetensors writes them."""
+    index, size = _header(data)
+    _metadata(index)
+    index = {name: entry for name, entry in index.items() if name != "__metadata__"}
     start, end, parts = 8 + size, len(data), {}
     position = 0
     for name, entry in sorted(index.items(), key=lambda item: _offsets(item)[0]):
@@ -226,6 +252,64 @@ def _unpack_safetensors(data: bytes) -> dict[str, np.ndarray]:
     if position != end - start:
         raise ValueError(f"packed update has {end - start - position} bytes that no array of its index covers")
     return parts
+
+
+# --- a whole reply: its records inside the packed update ------------------------------------------------------------
+
+def pack_records(content: RecordDict) -> RecordDict:
+    """A reply whose update is packed, as that one record: its other records (the node's metrics and name, at most
+    a few hundred bytes) move into the update's safetensors header, so the ServerApp pulls five objects per reply
+    (Message, RecordDict, ArrayRecord, Array, and one chunk per few MB of update) instead of one more per record.
+    Any other content (per-array, or with no update) is returned as it is."""
+    arrays = content.array_records.get("arrays")
+    if arrays is None or len(content.array_records) != 1 or (array := _packed_array(arrays)) is None:
+        return content
+    records = {}
+    for name, record in content.items():
+        if name == "arrays":
+            continue
+        if any(isinstance(v, bytes) or (isinstance(v, list) and any(isinstance(x, bytes) for x in v))
+               for v in record.values()):
+            raise ValueError(f"record {name!r} holds bytes, which a packed reply's JSON header cannot carry")
+        records[name] = {"kind": "metrics" if isinstance(record, MetricRecord) else "config", "values": dict(record)}
+    header, size = _header(array.data)
+    header["__metadata__"] = {RECORDS: json.dumps(records)}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # as safetensors pads it: the values stay 8-byte aligned
+    blob = len(text).to_bytes(8, "little") + text + array.data[8 + size:]
+    return RecordDict({"arrays": ArrayRecord({PACKED_NAME: Array(dtype="uint8", shape=(len(blob),),
+                                                                 stype=SAFETENSORS, data=blob)})})
+
+
+def unpack_records(content: RecordDict) -> RecordDict:
+    """The inverse of pack_records: the reply's records as Flower's records again, beside its update. A header whose
+    records are not well formed raises ValueError naming the record."""
+    arrays = content.array_records.get("arrays")
+    if arrays is None or len(content) != 1 or (array := _packed_array(arrays)) is None:
+        return content
+    text = _metadata(_header(array.data)[0]).get(RECORDS)
+    if text is None:
+        return content
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"packed update's records are not JSON: {exc}") from None
+    if not isinstance(records, dict):
+        raise ValueError("packed update's records are not a JSON object")
+    unpacked = RecordDict({"arrays": arrays})
+    for name, entry in records.items():
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        values = entry.get("values") if isinstance(entry, dict) else None
+        if name == "arrays" or kind not in _RECORD_KINDS or not isinstance(values, dict):
+            raise ValueError(f"packed update's record {name!r} is not a metrics or config record")
+        try:
+            unpacked[name] = _RECORD_KINDS[kind](values)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"packed update's record {name!r}: {exc}") from None
+    return unpacked
+
+
+_RECORD_KINDS = {"metrics": MetricRecord, "config": ConfigRecord}
 
 
 def _offsets(item: tuple[str, object]) -> tuple[int, int]:

@@ -3,7 +3,10 @@
 Round r: the strategy sends the global trainable arrays to the sampled nodes, which train locally and reply;
 their sample-weighted average becomes the new global model; every `eval-frequency` rounds the nodes evaluate
 it on their held-out episodes and the server on its own held-out dataset. Checkpoints are written every
-`checkpoint-interval` rounds and after the last round. Everything fails before round 1 if the config, the
+`checkpoint-interval` rounds and after the last round. The server's own work on round r's model (its evaluation,
+checkpoint, record and resume state: `finish_round`) runs once round r+1's messages are out, while the nodes
+train, so it adds nothing to a round's wall time unless it takes longer than the nodes; a round is done (and a run
+carried on after a crash starts after it) once its resume state is sealed. Everything fails before round 1 if the config, the
 model or the server's evaluation dataset is wrong.
 """
 
@@ -14,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
@@ -46,36 +50,49 @@ def pull_replies(grid: Grid, message_ids: set[str]) -> list[Message]:
         return []
 
 
-def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
-                     on_reply: Callable[[Message], Message | None]) -> list[int]:
-    """`Grid.send_and_receive`, but handing each reply to `on_reply` as it arrives (so a round's replies need not
-    all be in memory at once) and looking for replies every REPLY_POLL_SECONDS instead of Flower's 3 s, which would
-    add 1.5 s on average to every round of a few seconds. A message `on_reply` returns is sent in the reply's place,
-    within the same deadline. Returns the ids of the nodes that sent no reply before `timeout` (a node that is gone
-    replies with an error once Flower's heartbeat notices)."""
-    started = time.monotonic()
-    pending: dict[str, int] = {}  # message id -> node id
-    unsent: list[int] = []
+class Exchange:
+    """Messages out, their replies in: `Grid.send_and_receive` in two halves, so the server can do its own work (the
+    last round's evaluation and checkpoint) while the nodes work on the messages. `collect` hands each reply to
+    `on_reply` as it arrives (so a round's replies need not all be in memory at once), looking for replies every
+    REPLY_POLL_SECONDS instead of Flower's 3 s, which would add 1.5 s on average to every round of a few seconds."""
 
-    def push(batch: list[Message]) -> None:
-        message_ids = list(grid.push_messages(batch))  # in the order of `batch`; None where a push failed
+    def __init__(self, grid: Grid, messages: list[Message], timeout: float):
+        self.grid, self.sent = grid, len(messages)
+        self.deadline = time.monotonic() + timeout  # from the send: the server's own work counts against it
+        self.started = time.monotonic()
+        self.pending: dict[str, int] = {}  # message id -> node id
+        self.unsent: list[int] = []
+        self.push(messages)
+
+    def push(self, batch: list[Message]) -> None:
+        message_ids = list(self.grid.push_messages(batch))  # in the order of `batch`; None where a push failed
         for mid, msg in zip(message_ids, batch, strict=True):
             if mid is None:
-                unsent.append(msg.metadata.dst_node_id)
+                self.unsent.append(msg.metadata.dst_node_id)
             else:
-                pending[mid] = msg.metadata.dst_node_id
+                self.pending[mid] = msg.metadata.dst_node_id
 
-    push(messages)
-    received = 0
-    while pending and time.monotonic() < started + timeout:
-        time.sleep(REPLY_POLL_SECONDS)
-        for reply in pull_replies(grid, set(pending)):
-            pending.pop(reply.metadata.reply_to_message_id, None)
-            received += 1
-            if (follow_up := on_reply(reply)) is not None:
-                push([follow_up])
-    log.info("replies_received", sent=len(messages), received=received, seconds=round(time.monotonic() - started, 2))
-    return sorted(unsent + list(pending.values()))
+    def collect(self, on_reply: Callable[[Message], Message | None]) -> list[int]:
+        """Hand replies to `on_reply` until all are in or the deadline passes; a message `on_reply` returns is sent
+        in the reply's place, within the same deadline. Returns the ids of the nodes that sent no reply in time (a
+        node that is gone replies with an error once Flower's heartbeat notices)."""
+        received = 0
+        while self.pending and time.monotonic() < self.deadline:
+            time.sleep(REPLY_POLL_SECONDS)
+            for reply in pull_replies(self.grid, set(self.pending)):
+                self.pending.pop(reply.metadata.reply_to_message_id, None)
+                received += 1
+                if (follow_up := on_reply(reply)) is not None:
+                    self.push([follow_up])
+        log.info("replies_received", sent=self.sent, received=received,
+                 seconds=round(time.monotonic() - self.started, 2))
+        return sorted(self.unsent + list(self.pending.values()))
+
+
+def send_and_receive(grid: Grid, messages: list[Message], timeout: float,
+                     on_reply: Callable[[Message], Message | None]) -> list[int]:
+    """Both halves of an Exchange at once, for messages the server has nothing to do beside."""
+    return Exchange(grid, messages, timeout).collect(on_reply)
 
 
 def collect_federated_stats(grid: Grid, run: RunConfig, fingerprint: str) -> dict[str, list[float]]:
@@ -105,6 +122,18 @@ def collect_federated_stats(grid: Grid, run: RunConfig, fingerprint: str) -> dic
     if len(good) < run.min_train_nodes:
         raise RuntimeError(f"only {len(good)} node(s) are usable, min-train-nodes={run.min_train_nodes}; see node errors above")
     return federated_stats([dict(r.content["norm-stats"]) for r in good])
+
+
+@dataclass
+class RoundEnd:
+    """A round whose replies are aggregated, waiting for the server's own work on its model (`finish_round`)."""
+
+    server_round: int
+    started: float  # perf_counter when its messages were sent
+    arrays: ArrayRecord  # the new global model
+    train_metrics: object
+    messages_sent: int
+    next_round_sent: float | None = None  # the round's wall time ends here when the next round overlaps its end
 
 
 class EarlyStop:
@@ -170,13 +199,22 @@ def main(grid: Grid, context: Context) -> None:
         raise
 
 
-def evaluate_final_model(grid: Grid, strategy, server_round: int, arrays: ArrayRecord, timeout: float) -> None:
+def send_final_evaluate(grid: Grid, strategy, server_round: int, arrays: ArrayRecord,
+                        timeout: float) -> Exchange | None:
     """Evaluate messages for the run's final global model (no later train message carries it); "final" tells the
-    nodes' warm workers to free the run's policy once they have answered."""
-    messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord({"final": True}), grid)
+    nodes' warm workers to free the run's policy once they have answered. None when no node is left to ask: the
+    trained model still gets its checkpoint."""
+    try:
+        messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord({"final": True}), grid)
+    except TimeoutError as exc:
+        log.error("final_client_eval_skipped", round=server_round, why=str(exc))
+        return None
+    return Exchange(grid, messages, timeout)
+
+
+def receive_final_evaluate(strategy, server_round: int, exchange: Exchange) -> None:
     replies: list[Message] = []
-    silent = send_and_receive(grid, messages, timeout, replies.append)
-    strategy.missing("evaluate", server_round, silent)
+    strategy.missing("evaluate", server_round, exchange.collect(replies.append))
     strategy.aggregate_evaluate(server_round, replies)
 
 
@@ -309,14 +347,69 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
     # re-summarizes the last round once the nodes' evaluation of its model is in
     awaiting_client_eval = interrupted_round_eval(outputs, strategy, replies, first_round - 1)
     final = latest_checkpoint(outputs.models)  # an interrupted run may have nothing left to train
-    server_round = first_round - 1
+    rounds_done = first_round - 1
+
+    def finish_round(end: RoundEnd) -> bool:
+        """The server's own work on a round's global model: its evaluation, the final model's evaluate messages,
+        the round's record, checkpoint and resume state. Returns whether the run stops early after it."""
+        nonlocal awaiting_client_eval, final, rounds_done
+        server_round, arrays = end.server_round, end.arrays
+        planned_last = server_round == run.num_server_rounds
+        # the nodes evaluate the final model while the server does
+        final_eval = send_final_evaluate(grid, strategy, server_round, arrays, run.round_timeout) if planned_last else None
+        server_started = time.perf_counter()
+        server_eval = None
+        if strategy.is_eval_round(server_round):
+            server_eval = server.evaluate(arrays.to_torch_state_dict(), stats)
+            outputs.record_server_eval(server_round, server_eval)
+        server_work = {"server-eval-seconds": time.perf_counter() - server_started}
+        stop = server_eval is not None and early_stop.should_stop(server_eval["eval-loss"])
+        if stop and not planned_last:  # no next round will carry the final model's evaluation
+            final_eval = send_final_evaluate(grid, strategy, server_round, arrays, run.round_timeout)
+        if final_eval is not None:
+            receive_final_evaluate(strategy, server_round, final_eval)
+        wall_seconds = (end.next_round_sent or time.perf_counter()) - end.started
+        summary = summarize(server_round, wall_seconds, end.train_metrics, server_eval, server_work)
+        metrics.record_server_round(run_id, summary, run.num_server_rounds, end.messages_sent)
+        if should_checkpoint(server_round, run, stop):
+            final, server_work["checkpoint-seconds"] = save_round_checkpoint(
+                server, stats, arrays, outputs, summary, outputs.nodes.labelled(node_datasets),
+                tracker.url if tracker else None)
+            metrics.record_checkpoint(run_id, server_round, server_work["checkpoint-seconds"])
+            summary = summarize(server_round, wall_seconds, end.train_metrics, server_eval, server_work)
+        if strategy.is_eval_round(server_round) and not (stop or planned_last):
+            outputs.record_round(summary)  # on disk now; completed when the next round's replies bring client eval
+            awaiting_client_eval = functools.partial(summarize, server_round, wall_seconds, end.train_metrics,
+                                                     server_eval, server_work)
+        else:
+            complete(summary)
+        save_round_state(outputs.root, RoundState(server_round, stats, early_stop.best, early_stop.stale),
+                         arrays.to_torch_state_dict(),
+                         strategy.server_optimizer.state() if strategy.server_optimizer is not None else None)
+        rounds_done = server_round
+        log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})  # sealed: a resumed run goes on
+        if stop:
+            log.info("early_stop", round=server_round, best=early_stop.best)
+        return stop
+
+    # A round: send the global model, finish the last round's server work while the nodes train on it, then take
+    # the replies in and aggregate them. With early stopping on, the last round's evaluation decides whether this
+    # round happens at all, so it is finished before the send instead.
+    previous: RoundEnd | None = None
     for server_round in range(first_round, run.num_server_rounds + 1):
+        if previous is not None and early_stop.patience:
+            stopped, previous = finish_round(previous), None
+            if stopped:
+                break
         started = time.perf_counter()
         log.info("round_start", round=server_round, lr=run.round_lr(server_round))
         train_messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
         strategy.open_train_round(server_round)
-        silent = send_and_receive(grid, train_messages, run.round_timeout, strategy.receive_train)
-        strategy.missing("train", server_round, silent)
+        training = Exchange(grid, train_messages, run.round_timeout)
+        if previous is not None:
+            previous.next_round_sent = started
+            finish_round(previous)
+        strategy.missing("train", server_round, training.collect(strategy.receive_train))
         new_arrays, train_metrics = strategy.close_train_round()
         if new_arrays is None:
             raise RuntimeError(f"round {server_round}: fewer than {strategy.replies_needed} usable updates "
@@ -326,47 +419,14 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         if awaiting_client_eval is not None:  # these train replies carried the evaluation of the last round's model
             complete(awaiting_client_eval())
             awaiting_client_eval = None
-
-        server_started = time.perf_counter()
-        server_eval = None
-        if strategy.is_eval_round(server_round):
-            server_eval = server.evaluate(arrays.to_torch_state_dict(), stats)
-            outputs.record_server_eval(server_round, server_eval)
-        server_work = {"server-eval-seconds": time.perf_counter() - server_started}
-        stop = server_eval is not None and early_stop.should_stop(server_eval["eval-loss"])
-        last = stop or server_round == run.num_server_rounds
-        if last:  # no next round will carry the final model's evaluation: it gets evaluate messages of its own
-            try:
-                evaluate_final_model(grid, strategy, server_round, arrays, run.round_timeout)
-            except TimeoutError as exc:  # no node left to ask: the trained model still gets its checkpoint
-                log.error("final_client_eval_skipped", round=server_round, why=str(exc))
-        wall_seconds = time.perf_counter() - started
-        summary = summarize(server_round, wall_seconds, train_metrics, server_eval, server_work)
-        metrics.record_server_round(run_id, summary, run.num_server_rounds, len(train_messages))
-        log.info("round_done", **{k: v for k, v in summary.items() if k != "nodes"})
-        if should_checkpoint(server_round, run, stop):
-            final, server_work["checkpoint-seconds"] = save_round_checkpoint(
-                server, stats, arrays, outputs, summary, outputs.nodes.labelled(node_datasets),
-                tracker.url if tracker else None)
-            metrics.record_checkpoint(run_id, server_round, server_work["checkpoint-seconds"])
-            summary = summarize(server_round, wall_seconds, train_metrics, server_eval, server_work)
-        if strategy.is_eval_round(server_round) and not last:
-            outputs.record_round(summary)  # on disk now; completed when the next round's replies bring client eval
-            awaiting_client_eval = functools.partial(summarize, server_round, wall_seconds, train_metrics, server_eval,
-                                                     server_work)
-        else:
-            complete(summary)
-        save_round_state(outputs.root, RoundState(server_round, stats, early_stop.best, early_stop.stale),
-                         arrays.to_torch_state_dict(),
-                         strategy.server_optimizer.state() if strategy.server_optimizer is not None else None)
-        if stop:
-            log.info("early_stop", round=server_round, best=early_stop.best)
-            break
+        previous = RoundEnd(server_round, started, arrays, train_metrics, len(train_messages))
+    if previous is not None:
+        finish_round(previous)
 
     outputs.write_history_and_charts()
     if tracker is not None:
         tracker.finish()
     push_final_checkpoint(run, final)
     mark_finished(outputs.root)
-    log.info("run_done", rounds=server_round, outputs=str(outputs.root), final_checkpoint=str(final),
+    log.info("run_done", rounds=rounds_done, outputs=str(outputs.root), final_checkpoint=str(final),
              server_eval=outputs.server_eval)

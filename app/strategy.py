@@ -334,8 +334,15 @@ class FedVLA(FedProx):
         return self._messages(server_round, arrays, server_round, node_ids, config, MessageType.EVALUATE)
 
     def _screen(self, kind: str, server_round: int, reply: Message, expected: ExpectedUpdate | None) -> NodeReport | None:
-        """The reply's report if it is usable; else None, with the reason logged and kept for the run report."""
-        problem = reply_problem(reply, expected)
+        """The reply's report if it is usable; else None, with the reason logged and kept for the run report. A packed
+        reply's records are taken out of its update's header first."""
+        problem = None
+        if not reply.has_error():
+            try:
+                reply.content = codec.unpack_records(reply.content)
+            except ValueError as exc:
+                problem = f"update cannot be decoded: {exc}"
+        problem = problem or reply_problem(reply, expected)
         if problem is not None:
             self.dropped[server_round].append(f"{kind} node {reply.metadata.src_node_id}: {problem}")
             log.warning("reply_dropped", kind=kind, round=server_round, node_id=reply.metadata.src_node_id, why=problem)

@@ -32,28 +32,36 @@ def _train_message(tiny_policy, operator0, fingerprint: str, evaluate_received: 
     }), "train")
 
 
+def _reply_content(reply: Message) -> RecordDict:
+    return codec.unpack_records(reply.content)
+
+
 def test_train_reply_carries_arrays_metrics_and_traffic(tiny_policy, operator0):
     msg = _train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy))
     reply = client_app.train(msg, _context({"update-encoding": "fp32"}))
-    metrics = reply.content["metrics"]
+    # On the wire the reply is one record of one Array: the metrics and the node's name are in its header.
+    assert list(reply.content) == ["arrays"] and len(reply.content["arrays"]) == 1
+    content = _reply_content(reply)
+    metrics = content["metrics"]
     assert metrics["steps"] == 3 and metrics["num-examples"] == 24
     assert metrics["bytes-sent"] == metrics["bytes-received"] > 0
-    assert set(codec.unpack(reply.content["arrays"])) == set(model.trainable_state(tiny_policy))
-    assert reply.content["node"]["node-name"] == "op0"
-    assert reply.content["node"]["dataset"] == "embedded:operator-0"
+    assert set(codec.unpack(content["arrays"])) == set(model.trainable_state(tiny_policy))
+    assert content["node"]["node-name"] == "op0"
+    assert content["node"]["dataset"] == "embedded:operator-0"
     # The default encoding: full weights came in (round 1, or a node without the reference), an int8 delta goes out.
-    delta = client_app.train(_train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy)), _context({}))
+    delta = _reply_content(client_app.train(_train_message(tiny_policy, operator0,
+                                                           model.frozen_fingerprint(tiny_policy)), _context({})))
     layout = codec.layout_of({k: v.numpy() for k, v in model.trainable_state(tiny_policy).items()})
-    assert {k: (a.shape, str(a.dtype)) for k, a in codec.unpack(delta.content["arrays"]).items()} == codec.wire_layout(
+    assert {k: (a.shape, str(a.dtype)) for k, a in codec.unpack(delta["arrays"]).items()} == codec.wire_layout(
         "int8-delta", layout)
-    assert delta.content["metrics"]["bytes-sent"] < metrics["bytes-sent"] / 3
+    assert delta["metrics"]["bytes-sent"] < metrics["bytes-sent"] / 3
 
 
 def test_a_train_message_can_first_evaluate_the_model_it_brings(tiny_policy, operator0):
     """One message per round: the held-out loss of the received global model, measured before training moves it,
     equals what a separate evaluate message would have reported."""
     msg = _train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy), evaluate_received=True)
-    metrics = client_app.train(msg, _context({})).content["metrics"]
+    metrics = _reply_content(client_app.train(msg, _context({})))["metrics"]
     assert metrics["received-eval-examples"] == len(operator0.heldout)
     evaluate = _message(RecordDict({key: msg.content[key] for key in ("arrays", "config", "norm-stats")}), "evaluate")
     alone = client_app.evaluate(evaluate, _context({})).content["metrics"]

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 import safetensors.numpy
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from app import codec
 from app.codec import BLOCK, ENCODINGS, FP32, Broadcast, NodeCodec, ReferenceMissing
@@ -80,10 +80,49 @@ GOOD = safetensors.numpy.save({"w": np.ones(4, np.float32), "w#scale": np.ones(1
     (b"\x04" + b"\0" * 7 + b"\xff\xfe[]", "not JSON"),
     (index([1]), "not a JSON object"),
     (safetensors.numpy.save({"w": np.ones(2, np.float32)}, metadata={"dataset": "/home/op"}), "__metadata__"),
+    (safetensors.numpy.save({"w": np.ones(2, np.float32)}, metadata={"records": "{}", "x": "y"}), "__metadata__"),
 ])
 def test_a_malformed_packed_update_is_refused_naming_what_is_wrong(blob, why):
     with pytest.raises(ValueError, match=re.escape(why)):
         codec.unpack(packed(blob))
+
+
+def _reply(wire: str) -> RecordDict:
+    return RecordDict({"arrays": codec.encode("int8-delta", WEIGHTS, wire),
+                       "metrics": MetricRecord({"num-examples": 24, "train-loss": 0.1 + 0.2, "losses": [1.5, 2.0]}),
+                       "node": ConfigRecord({"node-name": "op0", "dataset": "embedded:operator-0", "warm": True})})
+
+
+def test_a_packed_reply_is_one_record_of_one_array_and_unpacks_to_the_same_records():
+    reply = _reply(codec.PACKED)
+    wire = codec.pack_records(reply)
+    assert list(wire) == ["arrays"] and len(wire["arrays"]) == 1
+    opened = codec.unpack_records(wire)
+    assert sorted(opened) == ["arrays", "metrics", "node"]
+    assert dict(opened["metrics"]) == dict(reply["metrics"]) and isinstance(opened["metrics"], MetricRecord)
+    assert dict(opened["node"]) == dict(reply["node"]) and isinstance(opened["node"], ConfigRecord)
+    assert type(opened["metrics"]["num-examples"]) is int  # JSON keeps ints and floats apart, as Flower does
+    for name, values in codec.unpack(reply["arrays"]).items():
+        np.testing.assert_array_equal(codec.unpack(opened["arrays"])[name], values)
+    assert safetensors.numpy.load(wire["arrays"]["update"].data).keys() == codec.unpack(reply["arrays"]).keys()
+
+
+def test_a_per_array_reply_or_one_without_an_update_travels_as_it_is():
+    for content in (_reply(codec.PER_ARRAY), RecordDict({"metrics": MetricRecord({"num-examples": 1})})):
+        assert codec.pack_records(content) is content and codec.unpack_records(content) is content
+
+
+@pytest.mark.parametrize(("records", "why"), [
+    ("[1]", "not a JSON object"),
+    ("{", "not JSON"),
+    ('{"metrics": {"kind": "array", "values": {}}}', "record 'metrics' is not a metrics or config record"),
+    ('{"arrays": {"kind": "config", "values": {}}}', "record 'arrays' is not"),
+    ('{"metrics": {"kind": "metrics", "values": {"loss": "low"}}}', "record 'metrics'"),
+])
+def test_a_packed_reply_with_malformed_records_is_refused_naming_the_record(records, why):
+    blob = safetensors.numpy.save({"w": np.ones(2, np.float32)}, metadata={"records": records})
+    with pytest.raises(ValueError, match=re.escape(why)):
+        codec.unpack_records(RecordDict({"arrays": packed(blob)}))
 
 
 def test_int8_is_a_quarter_and_int4_an_eighth_of_fp32_plus_scales():

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from app import client_app, model
+from app import client_app, codec, model
 from app.config import EMBEDDED_OVERRIDES, NodeConfig, RunConfig
 from app.worker import Learners, Worker
 from tests.test_client_app import _context, _train_message
@@ -43,12 +43,15 @@ def worker(tmp_path):
 
 def test_a_forwarded_message_gets_the_answer_the_clientapp_would_compute_itself(worker, tiny_policy, operator0):
     msg = _train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy), evaluate_received=True)
-    learned = lambda metrics: {k: v for k, v in metrics.items() if k != "compute-seconds"}  # noqa: E731
-    in_process = learned(client_app.train(msg, _context({})).content["metrics"])
+    def learned(reply):
+        metrics = codec.unpack_records(reply.content)["metrics"]
+        return {k: v for k, v in metrics.items() if k != "compute-seconds"}
+
+    in_process = learned(client_app.train(msg, _context({})))
     forwarded_context = _context({})
     forwarded_context.node_config["worker-socket"] = str(worker.socket_path)
     for _ in range(2):
-        forwarded = learned(client_app.train(msg, forwarded_context).content["metrics"])
+        forwarded = learned(client_app.train(msg, forwarded_context))
         assert forwarded == pytest.approx(in_process, rel=1e-5)
     assert worker.learners.built == 1, "the second message reused the policy"
     assert worker.progress == 2 * forwarded["steps"]

@@ -26,7 +26,8 @@ def lost_node_run(shared_deployment, tmp_path_factory):
                                              "node-wait-timeout": 20, "output-dir": str(out)})
         wait_for_training(scenario, "operator_0", 2)  # the kill lands on a message in progress
         os.killpg(deployment.processes["operator_0"].pid, signal.SIGKILL)  # the whole node: SuperNode, worker, executor
-        assert server_events(out, run_id).count("round_done") == 1, "the kill missed round 2"
+        # round 1's server work may still run beside round 2's training
+        assert server_events(out, run_id).count("round_done") <= 1, "the kill missed round 2"
         status = deployment.wait(run_id, ended=lambda: "run_failed" in server_events(out, run_id))
     run_dir = find_run_dir(out, run_id)
     return status, run_dir

@@ -2,7 +2,8 @@
 a node sends holds only the trainable parameters (as the run's update encoding carries them: by default int8 deltas
 and their scales), scalar metrics, the node's public name and (once, before round 1) its state/action normalization
 stats. No frame, no image, no episode and no path of the operator's machine leaves it. The replies are recorded
-where the ClientApp hands them to Flower, after the node's warm worker produced them."""
+where the ClientApp hands them to Flower, after the node's warm worker produced them; a packed reply's records are
+taken out of its update's header (codec.unpack_records) and checked like any other."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def problems(kind: str, name: str, record, wire: dict, joints: int) -> list[str]
         if kind != "train" or name != "arrays":
             return [f"{where}: arrays in a reply that carries none"]
         try:
-            parts = codec.unpack(record)  # the packed layout's index carries no metadata: unpack refuses any
+            parts = codec.unpack(record)  # unpack refuses any header metadata but the records checked beside it
         except ValueError as exc:
             return [f"{where}: {exc}"]
         if set(parts) != set(wire):
@@ -73,7 +74,7 @@ def test_a_node_sends_only_weights_scalar_metrics_stats_and_its_public_name(reco
         wire = path.read_bytes()
         # Whatever the structure, no path of this machine is in the bytes that went out.
         found += [f"{kind} reply names {place}" for place in places if place.encode() in wire]
-        content = recorddict_from_proto(ProtoRecordDict.FromString(wire))
+        content = codec.unpack_records(recorddict_from_proto(ProtoRecordDict.FromString(wire)))
         for name, record in content.items():
             found += problems(kind, name, record, encoded, joints)
     ledger.book("what leaves a node: every reply of a run checked",

@@ -58,9 +58,11 @@ def attacker(corrupt) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         reply = client_app.train(msg, context)
         if not reply.has_error():
-            trained = codec.numpy_arrays(reply.content["arrays"])
+            content = codec.unpack_records(reply.content)
+            trained = codec.numpy_arrays(content["arrays"])
             corrupt(context.node_config.get("partition-id"), trained, codec.numpy_arrays(msg.content["arrays"]))
-            reply.content["arrays"] = codec.pack(trained, RunConfig.from_mapping(context.run_config).wire_layout)
+            content["arrays"] = codec.pack(trained, RunConfig.from_mapping(context.run_config).wire_layout)
+            reply.content = codec.pack_records(content)
         return reply
 
     return app
