@@ -49,7 +49,8 @@ def _forward(node: NodeConfig, request: tuple, content: RecordDict) -> RecordDic
     answer = channel.call(node.worker_socket, header, recorddict_to_proto(content).SerializeToString(), limits,
                           log_hint=str(worker.node_log_dir(node) / "worker.log"))
     log.info("message_forwarded", op=request[0], node=node.label(), seconds=round(time.perf_counter() - started, 2),
-             startup_seconds=round(startup, 2), heavy_imports=sorted(m for m in ("torch", "lerobot", "transformers") if m in sys.modules))
+             startup_seconds=round(startup, 2),
+             heavy_imports=sorted(m for m in ("torch", "lerobot", "transformers") if m in sys.modules))
     return recorddict_from_proto(ProtoRecordDict.FromString(answer))
 
 

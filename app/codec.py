@@ -29,8 +29,9 @@ The arrays of an update travel in one of two wire layouts (`wire-layout`):
                 model's int8 update, kept to measure the difference.
 
 A packed reply carries its other records (the node's metrics and name) in the update's safetensors header
-(`pack_records`), so that a reply is five objects, not one more per record. A receiver reads either; `unpack` checks a packed buffer's index (names, dtypes, shapes, offsets) before any
-value is read, and returns read-only views into the message's bytes.
+(`pack_records`), so that a reply is five objects, not one more per record. A receiver reads either layout;
+`unpack` checks a packed buffer's index (names, dtypes, shapes, offsets) before any value is read, and returns
+read-only views into the message's bytes.
 """
 
 from __future__ import annotations

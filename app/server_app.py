@@ -6,8 +6,8 @@ it on their held-out episodes and the server on its own held-out dataset. Checkp
 `checkpoint-interval` rounds and after the last round. The server's own work on round r's model (its evaluation,
 checkpoint, record and resume state: `finish_round`) runs once round r+1's messages are out, while the nodes
 train, so it adds nothing to a round's wall time unless it takes longer than the nodes; a round is done (and a run
-carried on after a crash starts after it) once its resume state is sealed. Everything fails before round 1 if the config, the
-model or the server's evaluation dataset is wrong.
+carried on after a crash starts after it) once its resume state is sealed. Everything fails before round 1 if the
+config, the model or the server's evaluation dataset is wrong.
 """
 
 from __future__ import annotations
@@ -355,8 +355,9 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
         nonlocal awaiting_client_eval, final, rounds_done
         server_round, arrays = end.server_round, end.arrays
         planned_last = server_round == run.num_server_rounds
-        # the nodes evaluate the final model while the server does
-        final_eval = send_final_evaluate(grid, strategy, server_round, arrays, run.round_timeout) if planned_last else None
+        final_eval = None
+        if planned_last:  # the nodes evaluate the final model while the server does
+            final_eval = send_final_evaluate(grid, strategy, server_round, arrays, run.round_timeout)
         server_started = time.perf_counter()
         server_eval = None
         if strategy.is_eval_round(server_round):

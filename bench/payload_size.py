@@ -34,21 +34,22 @@ def message_bytes(content) -> int:
 def message_objects(content) -> dict:
     """The objects of Flower's object store a message of `content` is made of (the ServerApp pushes or pulls each
     with one request to the SuperLink; a SuperNode, each with one Fleet API call), and how many are array chunks."""
-    from flwr.app import Message
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
-    objects = get_all_nested_objects(Message(content=content, dst_node_id=1, message_type="train")).values()
-    return {"objects": len(objects), "chunks": sum(type(o).__name__ == "ArrayChunk" for o in objects)}
+    objects = get_all_nested_objects(content).values()  # the content's; the Message holding it is one more
+    return {"objects": 1 + len(objects), "chunks": sum(type(o).__name__ == "ArrayChunk" for o in objects)}
 
 
-def objects_by_layout(content) -> dict:
-    """message_objects of `content` with its arrays in each wire layout."""
+def objects_by_layout(content, reply: bool = False) -> dict:
+    """message_objects of `content` with its arrays in each wire layout (a reply, as the ClientApp sends it: packed,
+    its other records ride in the update's header)."""
     from flwr.app import RecordDict
 
     from app import codec
 
     parts = codec.unpack(content["arrays"])
-    return {wire: message_objects(RecordDict({**content, "arrays": codec.pack(parts, wire)}))
+    sent = codec.pack_records if reply else (lambda packed: packed)
+    return {wire: message_objects(sent(RecordDict({**content, "arrays": codec.pack(parts, wire)})))
             for wire in codec.WIRE_LAYOUTS}
 
 
@@ -78,11 +79,11 @@ def encoding_sizes(trainable: dict, full_state_dict_bytes: int) -> tuple[dict, l
         up = message_bytes(reply)
         sizes[encoding] = {"down_bytes": down, "up_bytes": up, "first_round_down_bytes": message_bytes(first[1]),
                            "server_encode_seconds": round(encode_seconds, 2),
-                           "down_objects": objects_by_layout(second[1]), "up_objects": objects_by_layout(reply)}
+                           "down_objects": objects_by_layout(second[1]), "up_objects": objects_by_layout(reply, reply=True)}
         packed_up = sizes[encoding]["up_objects"]["packed"]
         figures.append(figure(f"{encoding} up: objects (requests) per reply, packed, beyond its chunks", 5,
                               packed_up["objects"] - packed_up["chunks"], "objects",
-                              note="Message, RecordDict, its three records and the update's Array; "
+                              note="Message, RecordDict, its one ArrayRecord and the update's Array; "
                                    f"per-array: {sizes[encoding]['up_objects']['per-array']['objects']} objects"))
         for direction, size in (("down", down), ("up", up)):
             ratio = full_state_dict_bytes / size
