@@ -14,7 +14,7 @@ import time
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from app import codec, worker
+from app import wire, worker
 from app.config import NodeConfig
 from app.telemetry import configure_logging, get_logger
 
@@ -30,7 +30,7 @@ def _handle(op: str, msg: Message, context: Context) -> Message:
         content = _forward(node, request, msg.content)
     else:
         content = worker.perform(*request, msg.content, state=context.state)
-    return Message(content=codec.pack_records(content), reply_to=msg)
+    return Message(content=wire.pack_records(content), reply_to=msg)
 
 
 def _forward(node: NodeConfig, request: tuple, content: RecordDict) -> RecordDict:

@@ -5,8 +5,8 @@
 - one message per node per round: a node evaluates the global model it receives before it trains on it, when the
   previous round was an evaluation round (every `eval-frequency` rounds), and reports that loss in its train
   reply; only the final global model needs evaluate messages of its own;
-- the weights travel in the run's `update-encoding` both ways (app.codec): full fp32, or deltas against the
-  global weights the nodes already hold, which this strategy's `Broadcast` keeps track of;
+- the weights travel in the run's `update-encoding` both ways (app.codec, in app.wire's records): full fp32, or
+  deltas against the global weights the nodes already hold, which this strategy's `Broadcast` keeps track of;
 - replies are checked before they are aggregated: a failed node, a reply larger than `max-update-mb`, arrays
   with unexpected names, shapes or dtypes or non-finite values, or no sample count is dropped and logged;
 - aggregation streams: each reply is folded into a running sample-weighted sum as it arrives and then let go, so
@@ -41,7 +41,7 @@ from flwr.serverapp.strategy import (Bulyan, FedAdagrad, FedAdam, FedAvg, FedAvg
                                      FedYogi, Krum, MultiKrum)
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
-from app import codec
+from app import codec, wire
 from app.config import RunConfig
 from app.data import public_name
 from app.node import RECEIVED_EVAL_EXAMPLES, RECEIVED_EVAL_LOSS
@@ -80,7 +80,7 @@ class ExpectedUpdate:
 
     @classmethod
     def like(cls, arrays: ArrayRecord, max_mb: float = 0.0, encoding: str = codec.FP32) -> ExpectedUpdate:
-        layout = {name: (tuple(a.shape), str(a.dtype)) for name, a in codec.unpack(arrays).items()}
+        layout = {name: (tuple(a.shape), str(a.dtype)) for name, a in wire.unpack(arrays).items()}
         return cls(layout, int(max_mb * 1e6), encoding)
 
     @property
@@ -112,19 +112,19 @@ def reply_problem(msg: Message, expected: ExpectedUpdate | None) -> str | None:
     if expected.max_bytes and (size := arrays.count_bytes()) > expected.max_bytes:
         return f"update is {size / 1e6:.3g} MB, above max-update-mb={expected.max_bytes / 1e6:g}"
     try:
-        parts = codec.unpack(arrays)  # reads the index only: names, dtypes, shapes
+        parts = wire.unpack(arrays)  # reads the index only: names, dtypes, shapes
     except ValueError as exc:
         return f"update cannot be decoded: {exc}"
-    wire = expected.wire
-    if parts.keys() != wire.keys():
-        unexpected = sorted(parts.keys() - wire.keys())[:3]
-        missing = sorted(wire.keys() - parts.keys())[:3]
+    wanted = expected.wire
+    if parts.keys() != wanted.keys():
+        unexpected = sorted(parts.keys() - wanted.keys())[:3]
+        missing = sorted(wanted.keys() - parts.keys())[:3]
         return (f"reply arrays do not match the model's trainable parameters: unexpected {unexpected}, missing "
                 f"{missing} (update-encoding={expected.encoding})")
     for name, values in parts.items():
-        if problem := _layout_problem(name, str(values.dtype), values.shape, wire[name]):
+        if problem := _layout_problem(name, str(values.dtype), values.shape, wanted[name]):
             return problem
-    for name, values in codec.decoded(expected.encoding, arrays, expected.layout):
+    for name, values in wire.decoded(expected.encoding, arrays, expected.layout):
         if not np.isfinite(np.sum(values, dtype=np.float64)):  # a NaN or inf anywhere makes the sum one
             return f"array {name!r} holds NaN or inf"
     return None
@@ -201,7 +201,7 @@ class ServerOptimizer:
         if isinstance(self.flower, FedAvgM):  # FedAvgM keeps an ArrayRecord, the others plain arrays
             self.flower.current_arrays = current
         else:
-            self.flower.current_arrays = {name: codec.view(array) for name, array in current.items()}
+            self.flower.current_arrays = {name: wire.view(array) for name, array in current.items()}
         reply = Message(RecordDict({"arrays": aggregate, "metrics": MetricRecord({"num-examples": 1})}),
                         dst_node_id=0, message_type=MessageType.TRAIN)
         flower_level = FLOWER_LOGGER.level
@@ -210,7 +210,7 @@ class ServerOptimizer:
             stepped, _ = self.flower.aggregate_train(server_round, [reply])
         finally:
             FLOWER_LOGGER.setLevel(flower_level)
-        return ArrayRecord({name: Array(np.asarray(codec.view(array), dtype=np.float32))
+        return ArrayRecord({name: Array(np.asarray(wire.view(array), dtype=np.float32))
                             for name, array in stepped.items()})
 
     def state(self) -> dict[str, np.ndarray]:
@@ -273,7 +273,7 @@ class FedVLA(FedProx):
         self.base_fingerprint = base_fingerprint
         self.norm_stats = ConfigRecord(norm_stats)
         self.expected = ExpectedUpdate.like(global_arrays, run.max_update_mb, run.update_encoding)
-        self.broadcast = codec.Broadcast(run.update_encoding, run.wire_layout)
+        self.broadcast = wire.Broadcast(run.update_encoding, run.wire_layout)
         self.aggregator = aggregator(run)
         self.server_optimizer = ServerOptimizer(run) if run.server_optimizer != "none" else None
         # A round needs min-replies usable updates, and as many as the aggregation needs to outvote hostile ones.
@@ -291,7 +291,7 @@ class FedVLA(FedProx):
         """One message per node carrying the global model after `global_round`, in the run's encoding: a node
         holding the previous global weights gets a delta, any other full weights."""
         config = {**config, "server-round": server_round, "base-fingerprint": self.base_fingerprint}
-        weights = codec.unpack(arrays)  # no copy: the record stays alive
+        weights = wire.unpack(arrays)  # no copy: the record stays alive
         contents, sent = self.broadcast.send(weights, global_round, node_ids, config)
         self.traffic[server_round]["bytes-sent"] += sent
         for content in {id(c): c for c in contents.values()}.values():  # nodes share the delta and the full one
@@ -302,7 +302,7 @@ class FedVLA(FedProx):
         """The last train message's global model in full fp32, for `node_id`."""
         content = self.broadcast.full()
         content["norm-stats"] = self.norm_stats
-        self.traffic[server_round]["bytes-sent"] += codec.arrays_bytes(content["arrays"])
+        self.traffic[server_round]["bytes-sent"] += wire.arrays_bytes(content["arrays"])
         log.warning("full_weights_resent", round=server_round, node_id=node_id, node=self.names.get(node_id, "?"),
                     why="the node holds no reference for the round's delta (its worker restarted)")
         return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
@@ -339,7 +339,7 @@ class FedVLA(FedProx):
         problem = None
         if not reply.has_error():
             try:
-                reply.content = codec.unpack_records(reply.content)
+                reply.content = wire.unpack_records(reply.content)
             except ValueError as exc:
                 problem = f"update cannot be decoded: {exc}"
         problem = problem or reply_problem(reply, expected)
@@ -372,11 +372,11 @@ class FedVLA(FedProx):
         once per node and round, so the node's update still counts this round."""
         current = self._round
         node_id = reply.metadata.src_node_id
-        if reply.has_error() and codec.is_reference_missing(reply.error.reason) and node_id not in current.resent:
+        if reply.has_error() and wire.is_reference_missing(reply.error.reason) and node_id not in current.resent:
             current.resent.add(node_id)
             return self._full_weights_message(current.server_round, node_id)
         if not reply.has_error() and "arrays" in reply.content.array_records:
-            self.traffic[current.server_round]["bytes-received"] += codec.arrays_bytes(reply.content["arrays"])
+            self.traffic[current.server_round]["bytes-received"] += wire.arrays_bytes(reply.content["arrays"])
         report = self._screen("train", current.server_round, reply, self.expected)
         if report is None:
             return
@@ -386,7 +386,7 @@ class FedVLA(FedProx):
         if current.mean is not None:
             current.mean.add(update, float(report.metrics["num-examples"]))
         else:
-            reply.content["arrays"] = codec.encode(codec.FP32, dict(update), codec.PER_ARRAY)  # as Flower's reads it
+            reply.content["arrays"] = wire.encode(codec.FP32, dict(update), wire.PER_ARRAY)  # as Flower's reads it
             current.kept.append(reply)
 
     def close_train_round(self) -> tuple[ArrayRecord | None, MetricRecord | None]:

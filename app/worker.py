@@ -56,7 +56,7 @@ class Learners:
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.held: OrderedDict[tuple, object] = OrderedDict()
-        self.states: dict[tuple, RecordDict] = {}  # what a node keeps between a run's messages (app.codec)
+        self.states: dict[tuple, RecordDict] = {}  # what a node keeps between a run's messages (app.wire)
         self.built = 0
 
     def get(self, run_id: int, run: RunConfig, node: NodeConfig):
@@ -105,7 +105,7 @@ def perform(op: str, run_id: int, run_config: dict, node_config: dict, content: 
     messages may reach any of its workers), else the one the learners keep beside the run's Learner."""
     import torch
 
-    from app.codec import NodeCodec
+    from app.wire import NodeCodec
     from app.node import RECEIVED_EVAL_LOSS
 
     node = NodeConfig.from_mapping(node_config)

@@ -83,7 +83,7 @@ def one_round(layout: dict[str, list[int]], nodes: int, encoding: str, streaming
     from flwr.common.serde import ProtoRecordDict, recorddict_from_proto, recorddict_to_proto
     from flwr.supercore.task_identity import TaskIdentity
 
-    from app import codec
+    from app import wire
     from app.config import RunConfig
     from app.strategy import FedVLA
 
@@ -104,13 +104,13 @@ def one_round(layout: dict[str, list[int]], nodes: int, encoding: str, streaming
     # One update on the wire, built before the measurement (the nodes' work is not the server's memory); each
     # arrival is decoded from it afresh, as Flower's grid hands over replies it deserialized.
     trained = {k: v + np.float32(1e-3) for k, v in weights.items()}
-    wire = recorddict_to_proto(RecordDict({"arrays": codec.NodeCodec(RecordDict()).send(encoding, trained, weights)})
+    sent = recorddict_to_proto(RecordDict({"arrays": wire.NodeCodec(RecordDict()).send(encoding, trained, weights)})
                                ).SerializeToString()
     del trained
 
     def reply(node_id: int) -> Message:
         """What node `node_id` sends, as the ServerApp receives it."""
-        content = recorddict_from_proto(ProtoRecordDict.FromString(wire))
+        content = recorddict_from_proto(ProtoRecordDict.FromString(sent))
         content["metrics"] = MetricRecord({"num-examples": 100 + node_id, "train-loss": 1.0})
         content["node"] = ConfigRecord({"node-name": f"node_{node_id}", "dataset": "bench"})
         return Message(content=content, metadata=Metadata(

@@ -181,14 +181,14 @@ def federated(setup: Setup, label: str, run_id: int, **overrides) -> dict:
     aggregation, and the server's evaluation of the new global model."""
     from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-    from app import codec
+    from app import codec, wire
     from app.config import RunConfig
     from app.strategy import FedVLA
     from app.worker import TRAIN, Learners, perform
 
     run_config = setup.run_config(**overrides)
     run = RunConfig.from_mapping(run_config)
-    arrays = codec.encode(codec.FP32, setup.initial)
+    arrays = wire.encode(codec.FP32, setup.initial)
     strategy = FedVLA(run, setup.server.fingerprint, setup.stats, arrays)
     learners = Learners(capacity=NODES)
     states = {n: RecordDict() for n in Grid().get_node_ids()}  # each node's memory between the run's messages

@@ -45,12 +45,12 @@ def objects_by_layout(content, reply: bool = False) -> dict:
     its other records ride in the update's header)."""
     from flwr.app import RecordDict
 
-    from app import codec
+    from app import wire
 
-    parts = codec.unpack(content["arrays"])
-    sent = codec.pack_records if reply else (lambda packed: packed)
-    return {wire: message_objects(sent(RecordDict({**content, "arrays": codec.pack(parts, wire)})))
-            for wire in codec.WIRE_LAYOUTS}
+    parts = wire.unpack(content["arrays"])
+    sent = wire.pack_records if reply else (lambda packed: packed)
+    return {layout: message_objects(sent(RecordDict({**content, "arrays": wire.pack(parts, layout)})))
+            for layout in wire.WIRE_LAYOUTS}
 
 
 def encoding_sizes(trainable: dict, full_state_dict_bytes: int) -> tuple[dict, list[dict]]:
@@ -58,13 +58,13 @@ def encoding_sizes(trainable: dict, full_state_dict_bytes: int) -> tuple[dict, l
     import numpy as np
     from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-    from app import codec
+    from app import codec, wire
 
     weights = {name: tensor.numpy() for name, tensor in trainable.items()}
     rng = np.random.default_rng(0)
     sizes, figures = {}, []
     for encoding in codec.ENCODINGS:
-        server, node = codec.Broadcast(encoding), codec.NodeCodec(RecordDict())
+        server, node = wire.Broadcast(encoding), wire.NodeCodec(RecordDict())
         first, _ = server.send(weights, 0, [1])
         held = node.receive(first[1])
         server.received(1)

@@ -5,7 +5,7 @@ import time
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
-from app import client_app, codec, model
+from app import client_app, codec, model, wire
 from app.config import EMBEDDED_OVERRIDES
 from app.errors import ModelError
 from app.node import flatten_stats
@@ -26,14 +26,14 @@ def _train_message(tiny_policy, operator0, fingerprint: str, evaluate_received: 
     config = ConfigRecord({"server-round": 2, "lr": 1e-3, "proximal-mu": 0.01, "base-fingerprint": fingerprint,
                            "evaluate-received": evaluate_received})
     return _message(RecordDict({
-        "arrays": codec.encode(codec.FP32, {k: v.numpy() for k, v in model.trainable_state(tiny_policy).items()}),
+        "arrays": wire.encode(codec.FP32, {k: v.numpy() for k, v in model.trainable_state(tiny_policy).items()}),
         "config": config,
         "norm-stats": ConfigRecord(flatten_stats(operator0.meta.stats)),
     }), "train")
 
 
 def _reply_content(reply: Message) -> RecordDict:
-    return codec.unpack_records(reply.content)
+    return wire.unpack_records(reply.content)
 
 
 def test_train_reply_carries_arrays_metrics_and_traffic(tiny_policy, operator0):
@@ -45,14 +45,14 @@ def test_train_reply_carries_arrays_metrics_and_traffic(tiny_policy, operator0):
     metrics = content["metrics"]
     assert metrics["steps"] == 3 and metrics["num-examples"] == 24
     assert metrics["bytes-sent"] == metrics["bytes-received"] > 0
-    assert set(codec.unpack(content["arrays"])) == set(model.trainable_state(tiny_policy))
+    assert set(wire.unpack(content["arrays"])) == set(model.trainable_state(tiny_policy))
     assert content["node"]["node-name"] == "op0"
     assert content["node"]["dataset"] == "embedded:operator-0"
     # The default encoding: full weights came in (round 1, or a node without the reference), an int8 delta goes out.
     delta = _reply_content(client_app.train(_train_message(tiny_policy, operator0,
                                                            model.frozen_fingerprint(tiny_policy)), _context({})))
     layout = codec.layout_of({k: v.numpy() for k, v in model.trainable_state(tiny_policy).items()})
-    assert {k: (a.shape, str(a.dtype)) for k, a in codec.unpack(delta["arrays"]).items()} == codec.wire_layout(
+    assert {k: (a.shape, str(a.dtype)) for k, a in wire.unpack(delta["arrays"]).items()} == codec.wire_layout(
         "int8-delta", layout)
     assert delta["metrics"]["bytes-sent"] < metrics["bytes-sent"] / 3
 

@@ -5,6 +5,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from app import codec, wire
 from app.config import AGGREGATIONS, RunConfig
 from app.strategy import ExpectedUpdate, FedVLA, aggregator, reply_problem
 
@@ -276,9 +277,8 @@ def test_streaming_aggregation_equals_flowers_batch_aggregation():
     streamed, _ = s.close_train_round()
     for name in shapes:
         np.testing.assert_allclose(streamed[name].numpy(), batch[name].numpy(), rtol=1e-6, atol=1e-7)
-    from app import codec
 
-    sent = codec.encode(codec.FP32, codec.numpy_arrays(global_arrays))  # the packed fp32 broadcast
+    sent = wire.encode(codec.FP32, wire.numpy_arrays(global_arrays))  # the packed fp32 broadcast
     assert s.traffic[1] == {"bytes-sent": 5 * metrics_bytes(sent),
                             "bytes-received": sum(metrics_bytes(r.content["arrays"]) for r in replies)}
 
@@ -290,24 +290,22 @@ def metrics_bytes(arrays: ArrayRecord) -> int:
 
 
 def test_int8_delta_updates_are_screened_and_rebuilt_on_the_global_weights():
-    from app import codec
 
     s, _ = strategy(**{"update-encoding": "int8-delta"})
     first = s.configure_train(1, GLOBAL, ConfigRecord(), FakeGrid())
-    assert {m.content["config"]["reference-round"] for m in first} == {codec.FULL}  # round 1: nobody holds weights
+    assert {m.content["config"]["reference-round"] for m in first} == {wire.FULL}  # round 1: nobody holds weights
     reply = train_reply(1, 0.0, 10)
-    reply.content["arrays"] = codec.encode("int8-delta", {k: np.full(2, 0.5, np.float32) for k in sorted(KEYS)})
+    reply.content["arrays"] = wire.encode("int8-delta", {k: np.full(2, 0.5, np.float32) for k in sorted(KEYS)})
     assert reply_problem(train_reply(1, 0.5, 10), s.expected).startswith("reply arrays do not match")  # fp32 is not
     arrays, _ = s.aggregate_train(1, [reply])
     np.testing.assert_allclose(arrays["w"].numpy(), [0.5, 0.5], rtol=1e-2)
     second = {m.metadata.dst_node_id: m.content for m in s.configure_train(2, arrays, ConfigRecord(), FakeGrid())}
     assert second[1]["config"]["reference-round"] == 0, "node 1 replied: it gets a delta"
-    assert sorted(codec.unpack(second[1]["arrays"])) == ["b", "b#scale", "w", "w#scale"]
-    assert second[2]["config"]["reference-round"] == codec.FULL, "node 2 did not reply: full weights"
+    assert sorted(wire.unpack(second[1]["arrays"])) == ["b", "b#scale", "w", "w#scale"]
+    assert second[2]["config"]["reference-round"] == wire.FULL, "node 2 did not reply: full weights"
 
 
 def test_a_node_that_lost_its_reference_is_sent_the_rounds_full_weights_once_and_its_update_counts():
-    from app import codec
 
     s, seen = strategy(**{"update-encoding": "int8-delta"})
     s.configure_train(1, GLOBAL, ConfigRecord(), FakeGrid())
@@ -319,7 +317,7 @@ def test_a_node_that_lost_its_reference_is_sent_the_rounds_full_weights_once_and
                       metadata=_from_node(2))
     resend = s.receive_train(refused)
     assert resend.metadata.dst_node_id == 2 and resend.metadata.message_type == "train"
-    assert resend.content["config"]["reference-round"] == codec.FULL
+    assert resend.content["config"]["reference-round"] == wire.FULL
     assert resend.content["config"]["server-round"] == 2 and "norm-stats" in resend.content
     assert s.receive_train(refused) is None, "once per node and round: a node that refuses full weights is dropped"
     assert s.receive_train(int8_reply(1, 0.5)) is None and s.receive_train(int8_reply(2, 0.5)) is None
@@ -330,19 +328,17 @@ def test_a_node_that_lost_its_reference_is_sent_the_rounds_full_weights_once_and
 
 
 def int8_reply(node_id: int, step: float) -> Message:
-    from app import codec
 
     reply = train_reply(node_id, 0.0, 10)
-    reply.content["arrays"] = codec.encode("int8-delta", {k: np.full(2, step, np.float32) for k in sorted(KEYS)})
+    reply.content["arrays"] = wire.encode("int8-delta", {k: np.full(2, step, np.float32) for k in sorted(KEYS)})
     return reply
 
 
 def test_a_bf16_update_holding_nan_is_dropped():
-    from app import codec
 
     s, _ = strategy(**{"update-encoding": "bf16"})
     reply = train_reply(1, 0.0, 10)
-    reply.content["arrays"] = codec.encode("bf16", {"w": np.array([np.nan, 1], np.float32), "b": np.ones(2, np.float32)})
+    reply.content["arrays"] = wire.encode("bf16", {"w": np.array([np.nan, 1], np.float32), "b": np.ones(2, np.float32)})
     assert reply_problem(reply, s.expected) == "array 'w' holds NaN or inf"
 
 

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from app import client_app, codec, model
+from app import client_app, model, wire
 from app.config import EMBEDDED_OVERRIDES, NodeConfig, RunConfig
 from app.worker import Learners, Worker
 from tests.test_client_app import _context, _train_message
@@ -44,7 +44,7 @@ def worker(tmp_path):
 def test_a_forwarded_message_gets_the_answer_the_clientapp_would_compute_itself(worker, tiny_policy, operator0):
     msg = _train_message(tiny_policy, operator0, model.frozen_fingerprint(tiny_policy), evaluate_received=True)
     def learned(reply):
-        metrics = codec.unpack_records(reply.content)["metrics"]
+        metrics = wire.unpack_records(reply.content)["metrics"]
         return {k: v for k, v in metrics.items() if k != "compute-seconds"}
 
     in_process = learned(client_app.train(msg, _context({})))

@@ -3,7 +3,7 @@ a node sends holds only the trainable parameters (as the run's update encoding c
 and their scales), scalar metrics, the node's public name and (once, before round 1) its state/action normalization
 stats. No frame, no image, no episode and no path of the operator's machine leaves it. The replies are recorded
 where the ClientApp hands them to Flower, after the node's warm worker produced them; a packed reply's records are
-taken out of its update's header (codec.unpack_records) and checked like any other."""
+taken out of its update's header (wire.unpack_records) and checked like any other."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.serde import ProtoRecordDict, recorddict_from_proto
 
-from app import codec, embedded
+from app import codec, embedded, wire
 from app import model as models
 from app.config import RunConfig, fedvla_home
 from app.node import NORMALIZED_KEYS, STAT_FIELDS
@@ -28,22 +28,22 @@ NODE_KEYS = {"node-name", "dataset"}
 STATS_KEYS = {f"{key}/{field}" for key in NORMALIZED_KEYS for field in STAT_FIELDS}
 
 
-def problems(kind: str, name: str, record, wire: dict, joints: int) -> list[str]:
-    """What in one record of a `kind` reply should not have left the node (`wire`: the trainable parameters'
+def problems(kind: str, name: str, record, trainable: dict, joints: int) -> list[str]:
+    """What in one record of a `kind` reply should not have left the node (`trainable`: the trainable parameters'
     arrays as the update encoding carries them, name -> (shape, dtype); `joints`: the widest of state and action)."""
     where = f"{kind} reply, record {name!r}"
     if isinstance(record, ArrayRecord):
         if kind != "train" or name != "arrays":
             return [f"{where}: arrays in a reply that carries none"]
         try:
-            parts = codec.unpack(record)  # unpack refuses any header metadata but the records checked beside it
+            parts = wire.unpack(record)  # unpack refuses any header metadata but the records checked beside it
         except ValueError as exc:
             return [f"{where}: {exc}"]
-        if set(parts) != set(wire):
-            return [f"{where}: arrays {sorted(set(parts) ^ set(wire))[:5]} are not the trainable parameters"]
+        if set(parts) != set(trainable):
+            return [f"{where}: arrays {sorted(set(parts) ^ set(trainable))[:5]} are not the trainable parameters"]
         return [f"{where}: {key} is {values.dtype}{list(values.shape)}, the encoded parameter's "
-                f"{wire[key][1]}{list(wire[key][0])}" for key, values in parts.items()
-                if (values.shape, str(values.dtype)) != wire[key]]
+                f"{trainable[key][1]}{list(trainable[key][0])}" for key, values in parts.items()
+                if (values.shape, str(values.dtype)) != trainable[key]]
     if isinstance(record, MetricRecord):
         return [f"{where}: metric {key} is {type(value).__name__}, not a scalar" for key, value in record.items()
                 if isinstance(value, bool) or not isinstance(value, (int, float))]
@@ -71,10 +71,10 @@ def test_a_node_sends_only_weights_scalar_metrics_stats_and_its_public_name(reco
     for path in recorded_run.replies:
         kind = path.name.split("-")[0]
         kinds.append(kind)
-        wire = path.read_bytes()
+        sent = path.read_bytes()
         # Whatever the structure, no path of this machine is in the bytes that went out.
-        found += [f"{kind} reply names {place}" for place in places if place.encode() in wire]
-        content = codec.unpack_records(recorddict_from_proto(ProtoRecordDict.FromString(wire)))
+        found += [f"{kind} reply names {place}" for place in places if place.encode() in sent]
+        content = wire.unpack_records(recorddict_from_proto(ProtoRecordDict.FromString(sent)))
         for name, record in content.items():
             found += problems(kind, name, record, encoded, joints)
     ledger.book("what leaves a node: every reply of a run checked",

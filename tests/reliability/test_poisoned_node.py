@@ -23,7 +23,7 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from app import client_app, codec
+from app import client_app, wire
 from app.config import EMBEDDED_OVERRIDES, RunConfig
 from app.telemetry import get_logger
 from tests.integration.conftest import REPO, flwr_run, local_simulation, server_eval, stop_local_superlink
@@ -58,11 +58,11 @@ def attacker(corrupt) -> ClientApp:
     def train(msg: Message, context: Context) -> Message:
         reply = client_app.train(msg, context)
         if not reply.has_error():
-            content = codec.unpack_records(reply.content)
-            trained = codec.numpy_arrays(content["arrays"])
-            corrupt(context.node_config.get("partition-id"), trained, codec.numpy_arrays(msg.content["arrays"]))
-            content["arrays"] = codec.pack(trained, RunConfig.from_mapping(context.run_config).wire_layout)
-            reply.content = codec.pack_records(content)
+            content = wire.unpack_records(reply.content)
+            trained = wire.numpy_arrays(content["arrays"])
+            corrupt(context.node_config.get("partition-id"), trained, wire.numpy_arrays(msg.content["arrays"]))
+            content["arrays"] = wire.pack(trained, RunConfig.from_mapping(context.run_config).wire_layout)
+            reply.content = wire.pack_records(content)
         return reply
 
     return app
