@@ -404,9 +404,14 @@ def federate(grid: Grid, run: RunConfig, outputs, run_config: dict, run_id: int 
                 break
         started = time.perf_counter()
         log.info("round_start", round=server_round, lr=run.round_lr(server_round))
-        train_messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
-        strategy.open_train_round(server_round)
-        training = Exchange(grid, train_messages, run.round_timeout)
+        try:
+            train_messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+            strategy.open_train_round(server_round)
+            training = Exchange(grid, train_messages, run.round_timeout)
+        except Exception:  # no round r (too few nodes left, say): round r - 1 still gets its record and checkpoint
+            if previous is not None:
+                finish_round(previous)
+            raise
         if previous is not None:
             previous.next_round_sent = started
             finish_round(previous)
