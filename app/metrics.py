@@ -68,11 +68,6 @@ WORKER_POLICY_BUILDS = Counter("fedvla_node_worker_policy_builds",
                                "Policies (with dataset and processors) the warm worker built: one per run", ("node",))
 
 
-def arrays_bytes(arrays) -> int:
-    """Payload bytes of a Flower ArrayRecord: what a message carries of the model."""
-    return sum(len(array.data) for array in arrays.values())
-
-
 def record_server_round(run_id: int, summary: Mapping, planned: int, sampled: int) -> None:
     """A finished round, from the run report's round summary (app.report.round_summary)."""
     run = str(run_id)

@@ -302,7 +302,7 @@ class FedVLA(FedProx):
         """The last train message's global model in full fp32, for `node_id`."""
         content = self.broadcast.full()
         content["norm-stats"] = self.norm_stats
-        self.traffic[server_round]["bytes-sent"] += wire.arrays_bytes(content["arrays"])
+        self.traffic[server_round]["bytes-sent"] += wire.update_bytes(content["arrays"])
         log.warning("full_weights_resent", round=server_round, node_id=node_id, node=self.names.get(node_id, "?"),
                     why="the node holds no reference for the round's delta (its worker restarted)")
         return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node_id)
@@ -376,7 +376,7 @@ class FedVLA(FedProx):
             current.resent.add(node_id)
             return self._full_weights_message(current.server_round, node_id)
         if not reply.has_error() and "arrays" in reply.content.array_records:
-            self.traffic[current.server_round]["bytes-received"] += wire.arrays_bytes(reply.content["arrays"])
+            self.traffic[current.server_round]["bytes-received"] += wire.update_bytes(reply.content["arrays"])
         report = self._screen("train", current.server_round, reply, self.expected)
         if report is None:
             return

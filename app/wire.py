@@ -42,7 +42,6 @@ from safetensors.numpy import save as safetensors_bytes
 from app.codec import FP32, Layout, decode_array, decode_parts, encode_array, encode_parts, is_delta, layout_of
 from app.config import WIRE_LAYOUTS
 from app.errors import UserError
-from app.metrics import arrays_bytes
 
 PACKED, PER_ARRAY = WIRE_LAYOUTS
 PACKED_NAME, SAFETENSORS = "update", "safetensors"  # a packed record's one array, and its Flower stype
@@ -99,6 +98,16 @@ def unpack(record: ArrayRecord) -> dict[str, np.ndarray]:
                              f"{values.dtype}{list(values.shape)}")
         parts[name] = values
     return parts
+
+
+def update_bytes(record: ArrayRecord) -> int:
+    """The bytes of an update's wire arrays, as both ends count a message's traffic: the values alone, whatever the
+    layout (no safetensors index, .npy headers or a reply's records), so that a node's bytes sent are the server's
+    bytes received. A record that does not decode counts its raw size."""
+    try:
+        return sum(values.nbytes for values in unpack(record).values())
+    except ValueError:
+        return sum(len(array.data) for array in record.values())
 
 
 def _packed_array(record: ArrayRecord) -> Array | None:
@@ -285,7 +294,7 @@ class Broadcast:
         self.base, self._full, self._sent_to = weights, None, set(node_ids)
         if not is_delta(self.encoding):
             full = self.full()
-            return {n: full for n in node_ids}, len(node_ids) * arrays_bytes(full["arrays"])
+            return {n: full for n in node_ids}, len(node_ids) * update_bytes(full["arrays"])
         delta = None
         if self.reference is None:
             self.reference = {k: np.array(v, dtype=np.float32) for k, v in weights.items()}
@@ -297,7 +306,7 @@ class Broadcast:
                 self.reference[name] += step
         contents = {n: delta if delta is not None and n in self.holders else self.full() for n in node_ids}
         self.reference_round, self.holders = global_round, set()
-        return contents, sum(arrays_bytes(content["arrays"]) for content in contents.values())
+        return contents, sum(update_bytes(content["arrays"]) for content in contents.values())
 
     def full(self) -> RecordDict:
         """The last send's weights in full fp32 (the reference, for a delta encoding), with its config: for a node

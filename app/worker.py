@@ -105,7 +105,7 @@ def perform(op: str, run_id: int, run_config: dict, node_config: dict, content: 
     messages may reach any of its workers), else the one the learners keep beside the run's Learner."""
     import torch
 
-    from app.wire import NodeCodec
+    from app.wire import NodeCodec, update_bytes
     from app.node import RECEIVED_EVAL_LOSS
 
     node = NodeConfig.from_mapping(node_config)
@@ -135,7 +135,7 @@ def perform(op: str, run_id: int, run_config: dict, node_config: dict, content: 
     if op == EVALUATE:
         metrics = learner.evaluate(weights, stats)
         log.info("round_evaluated", node=name, round=server_round, **metrics)
-        node_metrics.record_node_eval(run_id, name, metrics["eval-loss"], node_metrics.arrays_bytes(received))
+        node_metrics.record_node_eval(run_id, name, metrics["eval-loss"], update_bytes(received))
         reply["metrics"] = MetricRecord(metrics)
         return reply
 
@@ -146,8 +146,7 @@ def perform(op: str, run_id: int, run_config: dict, node_config: dict, content: 
         node_metrics.record_node_eval(run_id, name, result.metrics[RECEIVED_EVAL_LOSS], 0)
     arrays = codec.send(run.update_encoding, {k: v.numpy() for k, v in result.arrays.items()}, global_weights,
                         run.wire_layout)
-    metrics = {**result.metrics, "bytes-received": node_metrics.arrays_bytes(received),
-               "bytes-sent": node_metrics.arrays_bytes(arrays)}
+    metrics = {**result.metrics, "bytes-received": update_bytes(received), "bytes-sent": update_bytes(arrays)}
     log.info("round_trained", node=name, round=server_round, **metrics)
     node_metrics.record_node_train(run_id, name, server_round, metrics)
     reply["arrays"] = arrays

@@ -279,14 +279,8 @@ def test_streaming_aggregation_equals_flowers_batch_aggregation():
         np.testing.assert_allclose(streamed[name].numpy(), batch[name].numpy(), rtol=1e-6, atol=1e-7)
 
     sent = wire.encode(codec.FP32, wire.numpy_arrays(global_arrays))  # the packed fp32 broadcast
-    assert s.traffic[1] == {"bytes-sent": 5 * metrics_bytes(sent),
-                            "bytes-received": sum(metrics_bytes(r.content["arrays"]) for r in replies)}
-
-
-def metrics_bytes(arrays: ArrayRecord) -> int:
-    from app.metrics import arrays_bytes
-
-    return arrays_bytes(arrays)
+    assert s.traffic[1] == {"bytes-sent": 5 * wire.update_bytes(sent),
+                            "bytes-received": sum(wire.update_bytes(r.content["arrays"]) for r in replies)}
 
 
 def test_int8_delta_updates_are_screened_and_rebuilt_on_the_global_weights():

@@ -206,4 +206,15 @@ def test_a_node_that_errs_is_sent_full_weights_next():
     broadcast.received(1)  # node 2's reply was an error
     contents, sent = broadcast.send(WEIGHTS, 1, [1, 2])
     assert contents[1]["config"]["reference-round"] == 0 and contents[2]["config"]["reference-round"] == wire.FULL
-    assert sent == sum(wire.arrays_bytes(contents[n]["arrays"]) for n in (1, 2))
+    assert sent == sum(wire.update_bytes(contents[n]["arrays"]) for n in (1, 2))
+
+
+def test_a_node_counts_the_bytes_it_sends_as_the_server_counts_them_received():
+    update = wire.NodeCodec(RecordDict()).send("int8-delta", {k: v + 1 for k, v in WEIGHTS.items()}, WEIGHTS)
+    reply = RecordDict({"arrays": update, "metrics": MetricRecord({"num-examples": 1, "bytes-sent": 10**6})})
+    received = wire.pack_records(reply)["arrays"]
+    assert received.count_bytes() > update.count_bytes()  # the records ride along in the header
+    assert wire.update_bytes(received) == wire.update_bytes(update) == sum(
+        part.nbytes for part in codec.encode_parts("int8-delta", WEIGHTS).values())
+    for layout in wire.WIRE_LAYOUTS:  # the values alone: the same whatever the layout
+        assert wire.update_bytes(wire.encode("fp32", WEIGHTS, layout)) == sum(v.nbytes for v in WEIGHTS.values())
