@@ -58,8 +58,8 @@ class Exchange:
 
     def __init__(self, grid: Grid, messages: list[Message], timeout: float):
         self.grid, self.sent = grid, len(messages)
-        self.deadline = time.monotonic() + timeout  # from the send: the server's own work counts against it
         self.started = time.monotonic()
+        self.deadline = self.started + timeout  # from the send: the server's own work counts against it
         self.pending: dict[str, int] = {}  # message id -> node id
         self.unsent: list[int] = []
         self.push(messages)

@@ -72,7 +72,10 @@ def pack(parts: Mapping[str, np.ndarray], wire: str = PACKED) -> ArrayRecord:
         return ArrayRecord({name: Array(np.asarray(part)) for name, part in parts.items()})
     if wire != PACKED:
         raise ValueError(f"unknown wire layout {wire!r}")
-    blob = safetensors_bytes(dict(parts))
+    return _packed_record(safetensors_bytes(dict(parts)))
+
+
+def _packed_record(blob: bytes) -> ArrayRecord:
     return ArrayRecord({PACKED_NAME: Array(dtype="uint8", shape=(len(blob),), stype=SAFETENSORS, data=blob)})
 
 
@@ -190,9 +193,7 @@ def pack_records(content: RecordDict) -> RecordDict:
     header["__metadata__"] = {RECORDS: json.dumps(records)}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # as safetensors pads it: the values stay 8-byte aligned
-    blob = len(text).to_bytes(8, "little") + text + array.data[8 + size:]
-    return RecordDict({"arrays": ArrayRecord({PACKED_NAME: Array(dtype="uint8", shape=(len(blob),),
-                                                                 stype=SAFETENSORS, data=blob)})})
+    return RecordDict({"arrays": _packed_record(len(text).to_bytes(8, "little") + text + array.data[8 + size:])})
 
 
 def unpack_records(content: RecordDict) -> RecordDict:
