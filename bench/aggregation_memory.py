@@ -39,8 +39,8 @@ def smolvla_trainable_layout() -> dict[str, list[int]]:
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    from app import model
-    from app.embedded.backbone import SMOLVLM2_500M, write_tiny_backbone
+    from app.learning import model
+    from app.learning.embedded.backbone import SMOLVLM2_500M, write_tiny_backbone
 
     backbone = write_tiny_backbone(Path(tempfile.mkdtemp()) / "smolvlm2-500m-shapes", SMOLVLM2_500M)
     inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(6,))}
@@ -83,9 +83,9 @@ def one_round(layout: dict[str, list[int]], nodes: int, encoding: str, streaming
     from flwr.common.serde import ProtoRecordDict, recorddict_from_proto, recorddict_to_proto
     from flwr.supercore.task_identity import TaskIdentity
 
-    from app import wire
-    from app.config import RunConfig
-    from app.strategy import FedVLA
+    from app.federation import wire
+    from app.common.config import RunConfig
+    from app.federation.strategy import FedVLA
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     rng = np.random.default_rng(0)
@@ -150,7 +150,7 @@ def measure(layout_file: Path, nodes: int, encoding: str, streaming: bool) -> di
 
 
 def main() -> None:
-    from app.telemetry import configure_logging
+    from app.common.telemetry import configure_logging
 
     configure_logging("WARNING")
     layout = smolvla_trainable_layout()

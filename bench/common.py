@@ -8,7 +8,7 @@ import platform
 import resource
 from pathlib import Path
 
-from app.checkpoint import write_json_atomic
+from app.common.files import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from app import embedded
+from app.learning import embedded
 from bench.common import figure, save
 
 LAYOUTS = ("per-array", "packed")

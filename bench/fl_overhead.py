@@ -24,15 +24,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from app.config import EMBEDDED_OVERRIDES, RunConfig
-from app.telemetry import configure_logging
+from app.common.config import EMBEDDED_OVERRIDES, RunConfig
+from app.common.telemetry import configure_logging
 from bench.common import figure, save
 
 
 def standalone_node(index: int, rounds: int, local_steps: int) -> dict:
     """Train embedded operator `index` as its node would over `rounds` rounds, with no federation around it."""
-    from app import model
-    from app.node import Learner
+    from app.learning import model
+    from app.learning.learner import Learner
 
     run = RunConfig.from_mapping({**EMBEDDED_OVERRIDES, "local-steps": local_steps, "num-server-rounds": rounds})
     learner = Learner(run, f"embedded:operator-{index}")
@@ -72,7 +72,7 @@ def main() -> None:
         print(json.dumps(standalone_node(args.standalone_node, args.rounds, args.local_steps)))
         return
 
-    from app.demo import run_demo
+    from app.ops.demo import run_demo
 
     alone = standalone(args.nodes, args.rounds, args.local_steps)
     standalone_seconds = max(r["seconds"] for r in alone)

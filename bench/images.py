@@ -29,8 +29,8 @@ def compose_build() -> float:
 
 # what each kind of process imports before it does anything
 STARTUPS = {
-    "flwr-clientapp, every message": "import flwr.supernode.cli.flwr_clientapp, app.client_app",
-    "warm worker, every node start": "import app.worker, torch, lerobot.policies.smolvla.modeling_smolvla",
+    "flwr-clientapp, every message": "import flwr.supernode.cli.flwr_clientapp, app.federation.client_app",
+    "warm worker, every node start": "import app.node.worker, torch, lerobot.policies.smolvla.modeling_smolvla",
 }
 MEDIAN_OF = """
 import statistics, subprocess, sys, time

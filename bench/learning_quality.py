@@ -6,13 +6,13 @@ cost held-out loss?
 
 Four nodes (embedded:operator-0..3, one task family each, so non-IID), the same seeds for every run, batch 8 and lr
 1e-3 (the embedded default) decaying per round to 1e-4. Every run starts from the same initial weights, normalizes
-with the same federated stats (app.node.federated_stats of the four nodes' own, as the federation computes them) and
+with the same federated stats (app.learning.learner.federated_stats of the four nodes' own, as the federation computes them) and
 is scored by the same server Learner on embedded:server-eval (all four task families) after every round:
 
 - (b) FedProx (proximal-mu 0.01) with update-encoding fp32, bf16, int8-delta and int4-delta: final server eval loss
   of each against fp32's. Target: within 1 %.
 - (c) the same training episodes pooled (ConcatDataset of the four nodes' training splits) and trained standalone
-  with app.train.train for the same total optimizer steps (4 x rounds x local-steps), batch and learning-rate
+  with app.learning.train.train for the same total optimizer steps (4 x rounds x local-steps), batch and learning-rate
   schedule: each round-equivalent chunk of 4 x local-steps steps at that round's learning rate, held constant as a
   node holds it. Target: FedProx within 3 % of centralized; FedAvg (proximal-mu 0) beside it.
 - one lever: FedProx fp32 with twice the rounds and half the local steps (the same total steps).
@@ -23,7 +23,7 @@ is scored by the same server Learner on embedded:server-eval (all four task fami
   the final loss moves from a seed alone.
 
 The federation runs in this process: FedVLA (configure_train, open_train_round, receive_train, close_train_round)
-and app.worker.perform per node per round, each node with its own warm Learner and its own state (the codec's
+and app.federation.client_work.perform per node per round, each node with its own warm Learner and its own state (the codec's
 reference and error-feedback residual), no gRPC. Transport does not change what is learned (the messages carry the
 same records); the real-process federation is tested and timed elsewhere. eval-frequency is set to the number of
 rounds so the nodes do not evaluate the received model every round (which changes nothing learned, and costs time);
@@ -43,7 +43,7 @@ import inspect
 import time
 from dataclasses import dataclass, field
 
-from app.telemetry import configure_logging
+from app.common.telemetry import configure_logging
 
 NODES = 4
 CACHE = True  # decode each dataset item once (see Cached)
@@ -94,7 +94,7 @@ class Setup:
 
     def share_cache(self, learners, run_id: int, run_config: dict) -> None:
         """Give the nodes' Learners of a run the decoded items of their training splits (the same episodes)."""
-        from app.config import NodeConfig, RunConfig
+        from app.common.config import NodeConfig, RunConfig
 
         if not CACHE:
             return
@@ -105,7 +105,7 @@ class Setup:
                 learner.data.train = kept.data.train
 
     def run_config(self, **overrides) -> dict:
-        from app.config import EMBEDDED_OVERRIDES
+        from app.common.config import EMBEDDED_OVERRIDES
 
         rounds = overrides.pop("num-server-rounds", self.rounds)
         return {**EMBEDDED_OVERRIDES, "num-server-rounds": rounds, "local-steps": self.local_steps,
@@ -128,11 +128,11 @@ def prepare(rounds: int, local_steps: int, seed: int) -> Setup:
     from flwr.app import ConfigRecord, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from app import embedded
-    from app import model as models
-    from app.config import NodeConfig, RunConfig
-    from app.node import Learner, federated_stats
-    from app.worker import QUERY, Learners, perform
+    from app.learning import embedded
+    from app.learning import model as models
+    from app.common.config import NodeConfig, RunConfig
+    from app.learning.learner import Learner, federated_stats
+    from app.federation.client_work import QUERY, Learners, perform
 
     # Messages are stamped with the current run, as inside a ServerApp.
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
@@ -181,10 +181,10 @@ def federated(setup: Setup, label: str, run_id: int, **overrides) -> dict:
     aggregation, and the server's evaluation of the new global model."""
     from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-    from app import codec, wire
-    from app.config import RunConfig
-    from app.strategy import FedVLA
-    from app.worker import TRAIN, Learners, perform
+    from app.federation import codec, wire
+    from app.common.config import RunConfig
+    from app.federation.strategy import FedVLA
+    from app.federation.client_work import TRAIN, Learners, perform
 
     run_config = setup.run_config(**overrides)
     run = RunConfig.from_mapping(run_config)
@@ -231,10 +231,10 @@ def centralized(setup: Setup, label: str) -> dict:
     trains a round), no proximal term; evaluated after each chunk by the same server Learner."""
     import torch
 
-    from app import model as models
-    from app.config import RunConfig
-    from app.node import Learner
-    from app.train import TrainSettings, train
+    from app.learning import model as models
+    from app.common.config import RunConfig
+    from app.learning.learner import Learner
+    from app.learning.train import TrainSettings, train
 
     run = RunConfig.from_mapping(setup.run_config(**{"proximal-mu": 0.0}))
     started = time.perf_counter()
@@ -364,9 +364,9 @@ def main() -> None:
             "decoded-items-cached": CACHE,  # Cached: speed only, the losses are the same to the last digit
             "server-eval-frames": len(setup.server.data.heldout),
             "initial-server-eval-loss": setup.initial_loss,
-            "transport": "in-process: FedVLA and app.worker.perform per node per round, no gRPC (transport does not "
+            "transport": "in-process: FedVLA and app.federation.client_work.perform per node per round, no gRPC (transport does not "
                          "change what is learned; the real-process federation is tested elsewhere)",
-            "centralized": "the four nodes' training splits pooled (ConcatDataset), app.train.train with the same "
+            "centralized": "the four nodes' training splits pooled (ConcatDataset), app.learning.train.train with the same "
                            "total optimizer steps, batch, per-round learning rate (constant within a chunk of "
                            "nodes x local-steps steps), federated normalization stats and server Learner; AdamW "
                            + CHUNK_ADAMW + " (the same optimizer procedure the nodes run; only pooling vs "

@@ -19,8 +19,8 @@ import time
 
 from rich.console import Console
 
-from app.config import EMBEDDED_OVERRIDES, NodeConfig, RunConfig
-from app.telemetry import configure_logging
+from app.common.config import EMBEDDED_OVERRIDES, NodeConfig, RunConfig
+from app.common.telemetry import configure_logging
 from bench.common import figure, save
 
 THROUGHPUT = "node training samples/s relative to LeRobot's update_policy loop, same device and batch"
@@ -33,7 +33,7 @@ def lerobot_samples_per_second(learner, preprocessor, steps: int, batch_size: in
     from lerobot.scripts.lerobot_train import update_policy
     from lerobot.utils.logging_utils import AverageMeter, MetricsTracker
 
-    from app.train import _batches, make_loader
+    from app.learning.train import _batches, make_loader
 
     accelerator = Accelerator(cpu=learner.policy.config.device == "cpu")
     trainable = [p for p in learner.policy.parameters() if p.requires_grad]
@@ -60,8 +60,8 @@ def _sync() -> None:
 
 
 def measure(args) -> dict:
-    from app import model
-    from app.worker import Learners
+    from app.learning import model
+    from app.node.worker import Learners
 
     run = RunConfig.from_mapping({**EMBEDDED_OVERRIDES, "model": args.model, "device": args.device,
                                   "local-steps": args.steps, "batch-size": args.batch_size})

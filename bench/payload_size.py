@@ -1,7 +1,7 @@
 """What one round moves per node with the real SmolVLA architecture (lerobot/smolvla_base's shapes, random
 weights built offline): trainable parameters and bytes with LeRobot's default freezing, the size of the Flower
 ArrayRecord that carries them, and how long packing and unpacking it takes; then, for each update encoding
-(app.codec), the serialized Flower message content each way in a round after the first (a delta against the
+(app.federation.codec), the serialized Flower message content each way in a round after the first (a delta against the
 weights the node holds; round 1 sends full fp32 weights down whatever the encoding), against the full fp32 state
 dict. Target: at most 1/16 of it each way; stretch 1/32. And the objects each message is made of in Flower's object
 store, each one request, in either wire layout (`wire-layout`): target at most 5 beyond the update's chunks.
@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from app.embedded.backbone import SMOLVLM2_500M, write_tiny_backbone
-from app.telemetry import configure_logging
+from app.learning.embedded.backbone import SMOLVLM2_500M, write_tiny_backbone
+from app.common.telemetry import configure_logging
 from bench.common import figure, peak_rss_mib, save
 
 TARGET, STRETCH = 16, 32  # full fp32 state dict / message bytes, each way
@@ -45,8 +45,7 @@ def objects_by_layout(content, reply: bool = False) -> dict:
     its other records ride in the update's header)."""
     from flwr.app import RecordDict
 
-    from app import wire
-
+    from app.federation import wire
     parts = wire.unpack(content["arrays"])
     sent = wire.pack_records if reply else (lambda packed: packed)
     return {layout: message_objects(sent(RecordDict({**content, "arrays": wire.pack(parts, layout)})))
@@ -58,8 +57,7 @@ def encoding_sizes(trainable: dict, full_state_dict_bytes: int) -> tuple[dict, l
     import numpy as np
     from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-    from app import codec, wire
-
+    from app.federation import codec, wire
     weights = {name: tensor.numpy() for name, tensor in trainable.items()}
     rng = np.random.default_rng(0)
     sizes, figures = {}, []
@@ -101,8 +99,7 @@ def main() -> None:
     from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
     from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-    from app import model
-
+    from app.learning import model
     configure_logging("WARNING")
     backbone = write_tiny_backbone(Path(tempfile.mkdtemp()) / "smolvlm2-500m-shapes", SMOLVLM2_500M)
     inputs = {"observation.state": PolicyFeature(type=FeatureType.STATE, shape=(6,))}

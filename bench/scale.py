@@ -40,13 +40,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from app import embedded
-from app.config import fedvla_home
-from app.launch import config_arg, free_port
+from app.learning import embedded
+from app.common.config import fedvla_home
+from app.ops.launch import config_arg, free_port
 from bench.common import figure, save
 
 REPO = Path(__file__).resolve().parents[1]
-EPISODES_PER_NODE = 2  # one to train on, one held out (app.data.partition_episodes needs two)
+EPISODES_PER_NODE = 2  # one to train on, one held out (app.learning.data.partition_episodes needs two)
 FRAMES_PER_EPISODE = 3
 TIME_BUDGET_S = 900.0  # the whole benchmark, datasets already written
 
@@ -54,7 +54,7 @@ TIME_BUDGET_S = 900.0  # the whole benchmark, datasets already written
 def scale_dataset(nodes: int, seed: int = 0) -> tuple[Path, float]:
     """The dataset the `nodes` virtual nodes share (EPISODES_PER_NODE each, all four task families); written once.
     Returns its path and the seconds spent writing it now (0 when it was there)."""
-    from app.embedded.datasets import write_dataset
+    from app.learning.embedded.datasets import write_dataset
 
     episodes = nodes * EPISODES_PER_NODE
     path = fedvla_home() / "bench" / "scale" / f"so100_{episodes}x{FRAMES_PER_EPISODE}_seed{seed}"

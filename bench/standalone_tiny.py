@@ -8,10 +8,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from app.standalone import StandaloneConfig, run_standalone
+from app.learning.standalone import StandaloneConfig, run_standalone
 from rich.console import Console
 
-from app.telemetry import configure_logging
+from app.common.telemetry import configure_logging
 from bench.common import peak_rss_mib, save
 
 

@@ -43,7 +43,7 @@ if [ ! -s "$SECRET_FILE" ]; then
 fi
 
 mkdir -p "$STATE_DIR"
-exec python3 -m app.exporter --port "$METRICS_PORT" --role superlink -- \
+exec python3 -m app.ops.exporter --port "$METRICS_PORT" --role superlink -- \
   flower-superlink "$@" \
   --isolation process \
   --superexec-auth-secret-file "$SECRET_FILE" \

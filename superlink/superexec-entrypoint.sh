@@ -23,5 +23,5 @@ fi
 for _ in $(seq 60); do [ -s "$SECRET_FILE" ] && break; sleep 1; done
 [ -s "$SECRET_FILE" ] || { echo "serverapp: error: no SuperExec secret at $SECRET_FILE (the SuperLink writes it)" >&2; exit 2; }
 
-exec python -m app.exporter --port "$METRICS_PORT" --role serverapp -- \
+exec python -m app.ops.exporter --port "$METRICS_PORT" --role serverapp -- \
   flower-superexec --runtime-api-address "$API" "$@" --superexec-auth-secret-file "$SECRET_FILE"

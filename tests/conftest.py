@@ -77,16 +77,14 @@ def fedvla_home() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_config():
-    from app import model
-
+    from app.learning import model
     return model.load_config("embedded:tiny", "cpu")
 
 
 @pytest.fixture(scope="session")
 def operator0(tiny_config):
     """(NodeData, stats) of embedded operator 0, split as the nodes split it."""
-    from app import data, model
-
+    from app.learning import data, model
     return data.load_node_data(
         "embedded:operator-0",
         model.policy_schema(tiny_config, 30),
@@ -98,6 +96,5 @@ def operator0(tiny_config):
 
 @pytest.fixture
 def tiny_policy(tiny_config):
-    from app import model
-
+    from app.learning import model
     return model.build_policy("embedded:tiny", tiny_config)

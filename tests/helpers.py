@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.embedded.datasets import so100_features
+from app.learning.embedded.datasets import so100_features
 
 
 def write_dataset_with(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from app.launch import free_port
+from app.ops.launch import free_port
 from tests.containers.images import FAKE_TOKEN, docker_ready, image_build
 from tests.helpers import write_dataset_with
 from tests.integration.conftest import assert_run_outputs

@@ -54,7 +54,7 @@ NODES = ("operator_0", "operator_1")  # the SuperNodes of a test deployment
 
 def server_events(output_dir: Path, run_id: int) -> list[str]:
     """The events the run's ServerApp has logged so far (none before it has started)."""
-    from app.demo import find_run_dir
+    from app.ops.demo import find_run_dir
 
     try:
         log_file = find_run_dir(output_dir, run_id) / "server" / "server.log"
@@ -114,7 +114,7 @@ def run_cli(*args: str, timeout: int = 1200, **kwargs) -> subprocess.CompletedPr
 def local_simulation(home: Path, num_supernodes: int) -> dict[str, str]:
     """A private FLWR_HOME with a local-simulation connection of `num_supernodes` virtual SuperNodes: the
     environment for `flwr_run`. Stop the SuperLink it starts with `stop_local_superlink(home)`."""
-    from app.launch import free_port
+    from app.ops.launch import free_port
 
     home.mkdir(parents=True)
     (home / "config.toml").write_text(
@@ -145,7 +145,7 @@ def stop_local_superlink(home: Path) -> None:
 
 def flwr_run(env: dict[str, str], run_config: dict, app: Path = REPO) -> subprocess.CompletedProcess:
     """`flwr run <app> local-simulation --stream` with `run_config`."""
-    from app.launch import config_arg
+    from app.ops.launch import config_arg
 
     return subprocess.run(
         [str(Path(sys.executable).parent / "flwr"), "run", str(app), "local-simulation", "--stream",

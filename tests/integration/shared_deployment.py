@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app import embedded
-from app.config import RunConfig
-from app.demo import APP_DIR
-from app.launch import Deployment
+from app.learning import embedded
+from app.common.config import RunConfig
+from app.ops.demo import APP_DIR
+from app.ops.launch import Deployment
 from tests.fakes.hub import FakeHub
 from tests.integration.conftest import NODES
 

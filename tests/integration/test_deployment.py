@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from app import model
-from app.checkpoint import load_checkpoint
-from app.config import EMBEDDED_OVERRIDES, RunConfig
-from app.evaluate import evaluate
-from app.node import Learner
+from app.learning import model
+from app.learning.checkpoint import load_checkpoint
+from app.common.config import EMBEDDED_OVERRIDES, RunConfig
+from app.learning.evaluate import evaluate
+from app.federation.global_model import GlobalModel
 from tests.helpers import write_dataset_with
 from tests.integration.conftest import REPO, assert_run_outputs, run_cli, server_eval
 
@@ -55,9 +55,9 @@ def test_final_checkpoint_reloads_and_reproduces_the_server_eval_loss(demo_run):
     _, run_dir, _ = demo_run
     policy, preprocessor, _ = load_checkpoint(run_dir / "models" / "checkpoint_round_2")
     run = RunConfig.from_mapping(EMBEDDED_OVERRIDES)
-    heldout = Learner(run, run.server_eval_dataset, evaluation_only=True).data.heldout  # what the server evaluated
-    assert evaluate(policy, preprocessor, heldout, batch_size=8).loss == pytest.approx(server_eval(run_dir, 2), rel=1e-5)
-    assert model.frozen_fingerprint(policy) == Learner(run, run.server_eval_dataset).fingerprint
+    server = GlobalModel.build(run)  # what the server evaluated on
+    assert evaluate(policy, preprocessor, server.data.heldout, batch_size=8).loss == pytest.approx(server_eval(run_dir, 2), rel=1e-5)
+    assert model.frozen_fingerprint(policy) == server.fingerprint
 
 
 def test_predict_on_the_final_checkpoint_beats_the_base_model_on_a_held_out_episode(demo_run):
@@ -74,7 +74,7 @@ def test_predict_on_the_final_checkpoint_beats_the_base_model_on_a_held_out_epis
     assert trained["mean-error"] < base["mean-error"]
     chart = run_dir / "predictions" / "checkpoint_round_2_embedded_server-eval_ep0.png"
     assert report["chart"] == str(chart) and chart.stat().st_size > 10_000
-    from app.checkpoint import verify_checkpoint
+    from app.learning.checkpoint import verify_checkpoint
 
     verify_checkpoint(run_dir / "models" / "checkpoint_round_2")  # still sealed: nothing was written into it
 

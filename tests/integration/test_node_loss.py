@@ -9,8 +9,8 @@ import signal
 
 import pytest
 
-from app.config import EMBEDDED_OVERRIDES
-from app.demo import APP_DIR, find_run_dir
+from app.common.config import EMBEDDED_OVERRIDES
+from app.ops.demo import APP_DIR, find_run_dir
 from tests.integration.conftest import server_events, wait_for_training
 
 pytestmark = pytest.mark.integration

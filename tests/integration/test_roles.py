@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from app import embedded
-from app.demo import APP_DIR
-from app.launch import Deployment, config_arg, free_port
+from app.learning import embedded
+from app.ops.demo import APP_DIR
+from app.ops.launch import Deployment, config_arg, free_port
 from tests.fakes.hub import FakeHub
 from tests.integration.conftest import run_cli
 

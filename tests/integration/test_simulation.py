@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.config import EMBEDDED_OVERRIDES
+from app.common.config import EMBEDDED_OVERRIDES
 from tests.integration.conftest import (assert_run_outputs, flwr_run, flwr_statuses, local_simulation, server_eval,
                                         stop_local_superlink)
 

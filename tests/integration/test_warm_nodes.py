@@ -10,9 +10,9 @@ import signal
 import psutil
 import pytest
 
-from app.config import EMBEDDED_OVERRIDES
-from app.demo import APP_DIR, find_run_dir
-from app.launch import Deployment
+from app.common.config import EMBEDDED_OVERRIDES
+from app.ops.demo import APP_DIR, find_run_dir
+from app.ops.launch import Deployment
 from tests.integration.conftest import NODES, command_line, server_events, trainings, wait_for_training
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def kill_worker(deployment: Deployment, node: str) -> int:
     (worker,) = [p for p in psutil.Process(deployment.processes[node].pid).children(recursive=True)
-                 if "app.worker" in command_line(p)]
+                 if "app.node.worker" in command_line(p)]
     os.kill(worker.pid, signal.SIGKILL)
     return worker.pid
 

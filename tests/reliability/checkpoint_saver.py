@@ -1,5 +1,5 @@
 """The process that test_checkpoint_kills.py SIGKILLs: it saves checkpoints exactly as the ServerApp does
-(app.server_app.save_round_checkpoint: the tiny embedded policy, its processors with the federation's stats, the
+(app.federation.global_model.GlobalModel.save_checkpoint: the tiny embedded policy, its processors with the federation's stats, the
 model card, metrics.json, the manifest), back to back, until it is killed.
 
 Importing torch and LeRobot and building the policy takes seconds, a save about 10 ms: so the policy is built once,
@@ -31,27 +31,24 @@ TIMED_SAVES = 6
 class Saver:
     def __init__(self, work: Path):
         import torch
-        from flwr.app import ArrayRecord
 
-        from app import model as models
-        from app.config import EMBEDDED_OVERRIDES, RunConfig
-        from app.node import Learner
-        from app.report import RunOutputs
+        from app.common.config import EMBEDDED_OVERRIDES, RunConfig
+        from app.federation.global_model import GlobalModel
+        from app.learning.learner import flatten_stats
+        from app.learning.report import RunOutputs
 
         torch.set_num_threads(1)  # no thread pools for the forked children to inherit half-alive
-        self.server = Learner(RunConfig.from_mapping(EMBEDDED_OVERRIDES), "embedded:server-eval")
-        self.stats = self.server.local_stats()
-        self.arrays = ArrayRecord(models.trainable_state(self.server.policy))
+        self.server = GlobalModel.build(RunConfig.from_mapping(EMBEDDED_OVERRIDES))
+        self.stats = flatten_stats(self.server.data.meta.stats)
+        self.arrays = self.server.arrays()
         self.outputs = RunOutputs(work / "run")
         self.work = work
         self.saves = 0
 
     def save(self, server_round: int) -> None:
-        from app.server_app import save_round_checkpoint
-
         self.saves += 1  # every save's metrics differ, so a replaced checkpoint's files change
         summary = {"round": server_round, "train-loss": 1.0 / self.saves}
-        save_round_checkpoint(self.server, self.stats, self.arrays, self.outputs, summary,
+        self.server.save_checkpoint(self.arrays, self.stats, self.outputs, summary,
                               {"operator_0": "embedded:operator-0"}, None)
 
     def save_until_killed(self, first_round: int) -> None:
@@ -66,7 +63,7 @@ class Saver:
 
 
 def main(work: Path) -> None:
-    from app.telemetry import configure_logging
+    from app.common.telemetry import configure_logging
 
     # LeRobot prints to stdout: the protocol gets the real stdout to itself, everything else goes to stderr.
     protocol = os.fdopen(os.dup(1), "w", buffering=1)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app import embedded
-from app.config import EMBEDDED_OVERRIDES
+from app.learning import embedded
+from app.common.config import EMBEDDED_OVERRIDES
 from tests.integration.conftest import REPO, server_events
 from tests.integration.shared_deployment import SharedDeployment
 
@@ -24,7 +24,7 @@ def recording_app(directory: Path) -> Path:
     """This project as a Flower App whose ClientApp is tests/reliability/recording_client_app.py."""
     directory.mkdir()
     pyproject = (REPO / "pyproject.toml").read_text()
-    component = 'clientapp = "app.client_app:app"'
+    component = 'clientapp = "app.federation.client_app:app"'
     assert pyproject.count(component) == 1, "pyproject.toml names the ClientApp otherwise: update this test"
     (directory / "pyproject.toml").write_text(pyproject.replace(component, 'clientapp = "recording_client_app:app"'))
     shutil.copy(RECORDER, directory / RECORDER.name)

@@ -1,4 +1,4 @@
-"""The project's ClientApp (app.client_app.app, its real handlers), plus a record of every reply it sends.
+"""The project's ClientApp (app.federation.client_app.app, its real handlers), plus a record of every reply it sends.
 
 test_data_stays_home.py runs a federation with this ClientApp in place of the project's, so the project's code
 needs no test hook. Each reply's content is written as Flower serializes it for the wire, one file per reply:
@@ -15,8 +15,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.common.serde import recorddict_to_proto
 
-from app import client_app
-
+from app.federation import client_app
 app = ClientApp()
 
 
@@ -27,5 +26,5 @@ def recorded(msg: Message, context: Context) -> Message:
     return reply
 
 
-for register in (app.query, app.train, app.evaluate):  # every kind of message the project's ClientApp answers
+for register in (app.query, app.learning.train, app.learning.evaluate):  # every kind of message the project's ClientApp answers
     register()(recorded)

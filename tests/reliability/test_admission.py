@@ -15,10 +15,10 @@ import time
 
 import pytest
 
-from app import embedded
-from app.certs import ensure_node_key, ensure_tls
-from app.demo import APP_DIR
-from app.launch import CONNECTION, Deployment, free_port
+from app.learning import embedded
+from app.ops.certs import ensure_node_key, ensure_tls
+from app.ops.demo import APP_DIR
+from app.ops.launch import CONNECTION, Deployment, free_port
 
 pytestmark = pytest.mark.integration
 

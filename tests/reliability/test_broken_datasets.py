@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 
-from app import embedded
-from app.config import RunConfig
-from app.errors import DatasetError
-from app.node import check_node_dataset
+from app.learning import embedded
+from app.common.config import RunConfig
+from app.common.errors import DatasetError
+from app.learning.learner import check_node_dataset
 from tests.helpers import write_dataset_with
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def test_a_damaged_data_file_is_refused(tmp_path, ledger):
 def test_a_dataset_without_episodes_is_refused(tmp_path, ledger):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from app.embedded.datasets import so100_features
+    from app.learning.embedded.datasets import so100_features
 
     LeRobotDataset.create("test/empty", fps=30, features=so100_features(use_videos=False), root=tmp_path / "empty")
     ledger.book("dataset without episodes refused", faults=1)

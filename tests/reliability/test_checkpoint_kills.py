@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app import checkpoint
+from app.learning import checkpoint
 from tests.reliability.checkpoint_saver import REPLACED_ROUND
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ SEED = 20260917
 # A kill lands after a random delay of up to this many save durations, so most land inside a save, spread over
 # all of its steps (policy, processors, card, fsyncs, manifest, renames), and some between two saves.
 DELAY_IN_SAVES = 3.0
-# What the ServerApp writes into every checkpoint (app.server_app.save_round_checkpoint).
+# What the ServerApp writes into every checkpoint (app.federation.global_model.GlobalModel.save_checkpoint).
 REQUIRED = {"config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json", "README.md",
             "metrics.json", "manifest.json"}
 
@@ -61,7 +61,7 @@ class SaverProcess:
 
 
 def problem(directory: Path) -> str | None:
-    """Why `directory` is not a complete checkpoint, judged without app.checkpoint's own verification: every
+    """Why `directory` is not a complete checkpoint, judged without app.learning.checkpoint's own verification: every
     required file is there, and the files are exactly those of the manifest, with its sizes and SHA-256."""
     try:
         files = json.loads((directory / "manifest.json").read_text())["files"]

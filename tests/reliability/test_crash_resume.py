@@ -13,10 +13,10 @@ import signal
 import psutil
 import pytest
 
-from app.checkpoint import verify_checkpoint
-from app.config import EMBEDDED_OVERRIDES
-from app.demo import APP_DIR, find_run_dir
-from app.launch import Deployment
+from app.learning.checkpoint import verify_checkpoint
+from app.common.config import EMBEDDED_OVERRIDES
+from app.ops.demo import APP_DIR, find_run_dir
+from app.ops.launch import Deployment
 from tests.integration.conftest import NODES, command_line, wait_for_training
 
 pytestmark = pytest.mark.integration

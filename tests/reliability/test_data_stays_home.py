@@ -11,10 +11,12 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.serde import ProtoRecordDict, recorddict_from_proto
 
-from app import codec, embedded, wire
-from app import model as models
-from app.config import RunConfig, fedvla_home
-from app.node import NORMALIZED_KEYS, STAT_FIELDS
+from app.federation import codec, wire
+
+from app.learning import embedded
+from app.learning import model as models
+from app.common.config import RunConfig, fedvla_home
+from app.learning.learner import NORMALIZED_KEYS, STAT_FIELDS
 
 pytestmark = pytest.mark.integration
 

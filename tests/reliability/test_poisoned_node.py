@@ -7,9 +7,9 @@
 - Three broken nodes send NaN weights, weights of another dtype, and an update over `max-update-mb`: each reply
   is dropped with one line saying why, and the run carries on with the honest node.
 
-The attackers are this module's ClientApps: app.client_app's real handlers, with some partitions' train replies
+The attackers are this module's ClientApps: app.federation.client_app's real handlers, with some partitions' train replies
 corrupted on their way out. Flower's simulation engine loads one by name (the app's own pyproject.toml, with that
-ClientApp in place of app.client_app's), with the repository on PYTHONPATH."""
+ClientApp in place of app.federation.client_app's), with the repository on PYTHONPATH."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ import pytest
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from app import client_app, wire
-from app.config import EMBEDDED_OVERRIDES, RunConfig
-from app.telemetry import get_logger
+from app.federation import client_app, wire
+from app.common.config import EMBEDDED_OVERRIDES, RunConfig
+from app.common.telemetry import get_logger
 from tests.integration.conftest import REPO, flwr_run, local_simulation, server_eval, stop_local_superlink
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ FEDERATION = {**EMBEDDED_OVERRIDES, "num-server-rounds": ROUNDS, "local-steps": 
 ROBUST = {"aggregation": "fedtrimmedavg", "trim-beta": 0.25, "num-malicious-nodes": 1}
 
 def attacker(corrupt) -> ClientApp:
-    """app.client_app's handlers, with each train reply's arrays passed through corrupt(partition, trained,
+    """app.federation.client_app's handlers, with each train reply's arrays passed through corrupt(partition, trained,
     received) (name -> writable fp32 values) and sent on in the run's wire layout."""
     app = ClientApp()
 
@@ -99,9 +99,9 @@ def hostile_app(tmp_path, client: str) -> Path:
     directory = tmp_path / f"{client}-fedvla"  # Flower wants an app directory name of letters, digits and hyphens
     directory.mkdir()
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'clientapp = "app.client_app:app"' in pyproject
+    assert 'clientapp = "app.federation.client_app:app"' in pyproject
     (directory / "pyproject.toml").write_text(pyproject.replace(
-        'clientapp = "app.client_app:app"', f'clientapp = "tests.reliability.test_poisoned_node:{client}"'))
+        'clientapp = "app.federation.client_app:app"', f'clientapp = "tests.reliability.test_poisoned_node:{client}"'))
     return directory
 
 

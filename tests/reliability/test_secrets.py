@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app import embedded
-from app.config import fedvla_home
+from app.learning import embedded
+from app.common.config import fedvla_home
 from tests.reliability.conftest import REPO_ID
 
 pytestmark = pytest.mark.integration
