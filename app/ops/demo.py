@@ -23,7 +23,7 @@ from app.common.config import EMBEDDED_OVERRIDES, RunConfig
 from app.common.telemetry import add_log_file, get_logger
 
 log = get_logger(__name__)
-APP_DIR = Path(__file__).resolve().parent.parent  # the Flower App: the directory holding pyproject.toml
+APP_DIR = Path(__file__).resolve().parents[2]  # the Flower App: the directory holding pyproject.toml
 
 
 @dataclass(frozen=True)
