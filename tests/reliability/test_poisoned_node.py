@@ -132,18 +132,20 @@ def completed_rounds(run_dir: Path | None) -> list[dict]:
 
 
 def test_a_robust_aggregation_keeps_a_poisoned_update_out(four_nodes, tmp_path, ledger):
+    """Plain averaging needs one round to show it follows the attacker; the trimmed mean two, to show it learns on."""
     poisoned_app = hostile_app(tmp_path, "poisoner")
-    runs = {name: federate(four_nodes, poisoned_app, tmp_path / name, overrides)
+    planned = {"fedprox": 1, "fedtrimmedavg": ROUNDS}
+    runs = {name: federate(four_nodes, poisoned_app, tmp_path / name, {**overrides, "num-server-rounds": planned[name]})
             for name, overrides in (("fedprox", {}), ("fedtrimmedavg", ROBUST))}
     rounds = {name: completed_rounds(run_dir) for name, run_dir in runs.items()}
-    losses = {name: server_eval(run_dir, ROUNDS) if run_dir else math.nan for name, run_dir in runs.items()}
+    losses = {name: server_eval(run_dir, planned[name]) if run_dir else math.nan for name, run_dir in runs.items()}
     initial = server_eval(runs["fedprox"], 0) if runs["fedprox"] else math.nan
     log.info("poisoned_node_final_server_eval_loss", initial=initial, **losses)
-    ledger.book(f"poisoned node x{SCALE:g}: final server loss fedprox {losses['fedprox']:.4g}, "
-                f"fedtrimmedavg {losses['fedtrimmedavg']:.4g} (initial {initial:.4g})",
+    ledger.book(f"poisoned node x{SCALE:g}: final server loss fedprox {losses['fedprox']:.4g} (round 1), "
+                f"fedtrimmedavg {losses['fedtrimmedavg']:.4g} (round {ROUNDS}; initial {initial:.4g})",
                 faults=sum(len(r) for r in rounds.values()),
                 runs_completed=sum(run_dir is not None for run_dir in runs.values()),
-                rounds_lost=sum(ROUNDS - len(r) for r in rounds.values()))
+                rounds_lost=sum(planned[name] - len(r) for name, r in rounds.items()))
 
     assert all(runs.values()), "both runs must complete; see the poisoned_run_failed log"
     for name, run_rounds in rounds.items():  # the attacker's update is well-formed: screening lets it through
@@ -151,11 +153,11 @@ def test_a_robust_aggregation_keeps_a_poisoned_update_out(four_nodes, tmp_path, 
     assert math.isfinite(losses["fedtrimmedavg"])
     trimmed_first = server_eval(runs["fedtrimmedavg"], 1)
     assert losses["fedtrimmedavg"] < trimmed_first, "with the hostile update trimmed, the federation learns on"
-    # measured on all four task families (240 frames): initial 2.14; fedprox 3.77 then 5.84 (worse than no
+    # measured on all four task families (240 frames): initial 2.14; fedprox 3.77 after round 1 (worse than no
     # training at all); fedtrimmedavg 2.41 then 2.25 (per coordinate, the trimmed mean of four non-IID updates also
     # cuts honest ones: the first round loses ground, later rounds win it back)
     assert not losses["fedprox"] <= initial, "the attack must hurt plain averaging, or this test shows nothing"
-    assert not losses["fedprox"] < 2 * losses["fedtrimmedavg"], "plain averaging follows the hostile update"
+    assert losses["fedprox"] - initial > 3 * (trimmed_first - initial), "plain averaging follows the hostile update"
 
 
 def test_broken_updates_are_dropped_with_a_reason_and_the_run_goes_on(four_nodes, tmp_path, ledger):
