@@ -54,9 +54,11 @@ def resolve_dataset_uri(uri: str) -> DatasetRef:
     if not uri:
         raise DatasetError("dataset URI is empty: give hf:<repo_id>, a local dataset directory, or embedded:<name>")
     if uri.startswith("hf:"):
+        from app.learning.hub import hub_id_problem
+
         repo_id = uri[3:]
-        if repo_id.count("/") != 1:
-            raise DatasetError(f"dataset URI {uri!r}: a Hub dataset is hf:<owner>/<name>")
+        if (why := hub_id_problem(repo_id)) is not None:
+            raise DatasetError(f"dataset URI {uri!r}: a Hub dataset is hf:<owner>/<name> ({why})")
         return DatasetRef(uri, repo_id, None)
     if uri.startswith("embedded:"):
         return DatasetRef(uri, f"fedvla/{uri[9:]}", _embedded_dataset_path(uri))
@@ -92,6 +94,13 @@ def _embedded_dataset_path(uri: str) -> Path:
 def open_metadata(ref: DatasetRef) -> LeRobotDatasetMetadata:
     from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 
+    if ref.root is None:  # on the Hub: LeRobot keeps what it fetched under HF_LEROBOT_HOME/<repo_id>
+        from lerobot.utils.constants import HF_LEROBOT_HOME
+
+        from app.learning.hub import unreachable_hub
+
+        if problem := unreachable_hub(f"dataset {ref.uri!r}", (HF_LEROBOT_HOME / ref.repo_id / "meta" / "info.json").is_file()):
+            raise DatasetError(problem)
     try:
         return LeRobotDatasetMetadata(ref.repo_id, root=ref.root)
     except Exception as exc:  # LeRobot raises many kinds here: version, network, missing files

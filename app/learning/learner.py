@@ -81,8 +81,9 @@ def policy_config_and_data(
     what every trainer needs before it builds the policy, a node's and the standalone baseline's alike. With
     `evaluation_only` (the server's dataset) every episode is held out and there is no training set."""
     from app.learning import model as models
-    from app.learning.data import load_node_data
+    from app.learning.data import load_node_data, resolve_dataset_uri
 
+    resolve_dataset_uri(dataset_uri)  # the cheap checks of the dataset first: no model is fetched for a wrong path
     config = models.load_config(model, device, parse_cameras(cameras, model))
     data = load_node_data(
         dataset_uri,
@@ -241,8 +242,8 @@ def inspect_dataset(dataset_uri: str, model: str, fps: int, cameras: str, camera
     from app.learning.data import open_metadata, probe_frames, resolve_dataset_uri, schema_fit
     from app.common.errors import DatasetError
 
+    ref = resolve_dataset_uri(dataset_uri)  # a path that is not there, a file that is no dataset: before any fetch
     config = models.load_config(model, cameras=parse_cameras(cameras, model))
-    ref = resolve_dataset_uri(dataset_uri)
     meta = open_metadata(ref)
     fit = schema_fit(meta, models.policy_schema(config, fps), dataset_uri, parse_camera_map(camera_map, model))
     problem = ""

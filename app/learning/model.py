@@ -41,8 +41,15 @@ def resolve_model(model: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory {str(path)!r} has no config.json: point at a save_pretrained directory")
         return str(path)
-    if model.count("/") != 1 or model.startswith(("/", ".")):
-        raise ModelError(f"model {model!r} is neither an existing directory nor a Hub id like lerobot/smolvla_base")
+    from app.learning.hub import hub_id_problem, unreachable_hub
+
+    if model.startswith(("/", ".", "~")) or (why := hub_id_problem(model)) is not None:
+        raise ModelError(f"model {model!r} is neither an existing directory nor a Hub id like lerobot/smolvla_base"
+                         + ("" if model.startswith(("/", ".", "~")) else f" ({why})"))
+    from huggingface_hub import try_to_load_from_cache
+
+    if (problem := unreachable_hub(f"model {model!r}", isinstance(try_to_load_from_cache(model, "config.json"), str))):
+        raise ModelError(problem)
     return model
 
 

@@ -49,7 +49,19 @@ def ask_flwr(*args: str, connection: str = "") -> dict:
         return {"success": False, "error-message": (result.stderr or result.stdout).strip()[-500:]}
 
 
+def flower_config_file() -> Path:
+    """Where `flwr` reads its SuperLink connections: $FLWR_HOME/config.toml, else ~/.flwr/config.toml."""
+    from flwr.supercore.utils import get_flwr_home
+
+    return get_flwr_home() / "config.toml"
+
+
 def federation_status(connection: str = "") -> FederationStatus:
+    config = flower_config_file()
+    if not config.is_file():  # flwr would write a default one and answer at length: say what is missing instead
+        return FederationStatus(connection, reachable=False, problem=(
+            f"no SuperLink connection is configured ({config} does not exist): write one there, as "
+            "deploy/connection.sh does, or set FLWR_HOME to a directory holding one"))
     nodes = ask_flwr("supernode", "ls", connection=connection)
     if not nodes.get("success"):
         return FederationStatus(connection, reachable=False, problem=_flower_reason(nodes.get("error-message", "")))

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import write_dataset_with
 
 
@@ -10,6 +12,28 @@ def fedvla(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def fedvla_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`fedvla` in this process (torch is imported already), as a subprocess' result."""
+    from app import cli
+
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """A Hub that cannot be reached (nothing listens on its port), with offline mode off: nothing is fetched."""
+    from huggingface_hub import constants
+
+    from app.ops.launch import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return endpoint
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -140,3 +164,37 @@ def test_status_of_an_unreachable_superlink_exits_1_with_flowers_reason(tmp_path
                             env={**os.environ, "FLWR_HOME": str(tmp_path)})
     assert result.returncode == 1, result.stdout + result.stderr
     assert "unreachable" in result.stdout and "Connection to the SuperLink is unavailable" in result.stdout
+
+
+def test_status_without_a_flower_configuration_answers_in_one_line_and_writes_nothing(tmp_path):
+    import os
+
+    home = tmp_path / "flwr-home"
+    result = subprocess.run([sys.executable, "-m", "app.cli", "status", "127.0.0.1:1"], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "FLWR_HOME": str(home)})
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    assert "unreachable" in line and f"{home / 'config.toml'} does not exist" in line
+    assert not home.exists(), "status leaves no Flower configuration behind"
+
+
+def test_a_dataset_that_is_not_there_is_named_before_any_model_is_fetched(tmp_path, capsys, no_hub):
+    # the default model, lerobot/smolvla_base, is not cached here and cannot be fetched: its error would come first
+    assert_one_line_error(fedvla_here(capsys, "check", str(tmp_path / "missing")), "does not exist: check the path")
+    assert_one_line_error(fedvla_here(capsys, "train", "--dataset", "/etc", "--steps", "1"),
+                          "is not a LeRobot dataset (no meta/info.json)")
+    assert_one_line_error(fedvla_here(capsys, "check", "hf:me/bad..name"), "a Hub dataset is hf:<owner>/<name>")
+
+
+def test_an_unreachable_hub_fails_once_in_one_line_naming_the_ways_out(capsys, monkeypatch, no_hub):
+    from huggingface_hub import constants
+
+    result = fedvla_here(capsys, "check", "embedded:operator-0", "--model", "someone/not-cached")
+    assert_one_line_error(result, f"model 'someone/not-cached' is not in this machine's Hugging Face cache and the "
+                                  f"Hub ({no_hub}) cannot be reached")
+    assert "HF_HUB_OFFLINE=1" in result.stderr and "local directory" in result.stderr
+    result = fedvla_here(capsys, "check", "hf:someone/not-cached", "--model", "embedded:tiny")
+    assert_one_line_error(result, "dataset 'hf:someone/not-cached' is not in this machine's Hugging Face cache")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = fedvla_here(capsys, "check", "embedded:operator-0", "--model", "someone/not-cached")
+    assert_one_line_error(result, "is not in this machine's Hugging Face cache and HF_HUB_OFFLINE is set")
