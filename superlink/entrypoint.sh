@@ -21,6 +21,7 @@ CERTS_DIR=${FEDVLA_CERTS_DIR:-/var/lib/fedvla/certs}
 if [ "${FEDVLA_INSECURE:-false}" = true ]; then
   echo "superlink: WARNING: FEDVLA_INSECURE=true: the Fleet and Control APIs run without TLS" >&2
   set -- --insecure
+  CONTROL="--flower-insecure"
 else
   for file in ca.crt server.pem server.key; do
     if [ ! -s "$CERTS_DIR/$file" ]; then
@@ -29,6 +30,7 @@ else
     fi
   done
   set -- --ssl-ca-certfile "$CERTS_DIR/ca.crt" --ssl-certfile "$CERTS_DIR/server.pem" --ssl-keyfile "$CERTS_DIR/server.key"
+  CONTROL="--flower-root-certificates=$CERTS_DIR/ca.crt"  # the certificate names 127.0.0.1 (fedvla certs)
   if [ "${FEDVLA_SUPERNODE_AUTH:-true}" = true ]; then
     set -- "$@" --enable-supernode-auth
   else
@@ -43,7 +45,9 @@ if [ ! -s "$SECRET_FILE" ]; then
 fi
 
 mkdir -p "$STATE_DIR"
-exec python3 -m app.ops.exporter --port "$METRICS_PORT" --role superlink -- \
+# The exporter also reports every SuperNode of the SuperLink's node list, asked of its own Control API.
+exec python3 -m app.ops.exporter --port "$METRICS_PORT" --role superlink \
+  --flower-control "127.0.0.1:$API_PORT" "$CONTROL" -- \
   flower-superlink "$@" \
   --isolation process \
   --superexec-auth-secret-file "$SECRET_FILE" \

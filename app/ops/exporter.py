@@ -7,6 +7,8 @@ flower-superexec or flower-supernode) as its child, serves /metrics, and exits w
   - the GPUs of this machine through NVML: utilization, memory, power, temperature (zero GPUs where there are
     none, or no NVIDIA driver);
   - CPU time and resident memory of the whole process tree: the Flower process and everything it started;
+  - beside a SuperLink (`--flower-control`), every SuperNode of Flower's node list, online or not
+    (app.ops.flower_nodes);
 It imports neither torch nor LeRobot: the SuperLink image has neither, and a scrape answers in milliseconds.
 
     python -m app.ops.exporter --port 9400 --role supernode --node alice -- flower-supernode ...
@@ -118,7 +120,7 @@ class ProcessTreeCollector:
             yield family
 
 
-def build_registry(multiprocess_dir: str, node: str | None = None):
+def build_registry(multiprocess_dir: str, node: str | None = None, extra: Sequence = ()):
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -127,19 +129,21 @@ def build_registry(multiprocess_dir: str, node: str | None = None):
     MultiProcessCollector(registry, path=multiprocess_dir)
     registry.register(GpuCollector(labels))
     registry.register(ProcessTreeCollector(labels))
+    for collector in extra:
+        registry.register(collector)
     return registry
 
 
 @contextmanager
 def metrics_endpoint(port: int, address: str = "0.0.0.0", node: str | None = None,
-                     role: str = "") -> Iterator[dict[str, str]]:
+                     role: str = "", extra: Sequence = ()) -> Iterator[dict[str, str]]:
     """Serve /metrics on address:port for as long as the block runs; yields the environment the processes it
     watches must get (their PROMETHEUS_MULTIPROC_DIR)."""
     from prometheus_client import start_http_server
 
     multiprocess_dir = tempfile.mkdtemp(prefix="fedvla-metrics-")  # fresh: no values of an earlier life
     try:
-        registry = build_registry(multiprocess_dir, node)
+        registry = build_registry(multiprocess_dir, node, extra)
         server, _ = start_http_server(port, addr=address, registry=registry)
         log.info("exporter_listening", role=role, address=f"{address}:{port}", node=node)
         try:
@@ -151,10 +155,11 @@ def metrics_endpoint(port: int, address: str = "0.0.0.0", node: str | None = Non
 
 
 def supervise(command: Sequence[str], port: int, address: str = "0.0.0.0", node: str | None = None,
-              role: str = "") -> int:
+              role: str = "", extra: Sequence = ()) -> int:
     """Serve /metrics on address:port while `command` runs; forward SIGTERM/SIGINT to it; return its exit code."""
     from app.node import supervisor
-    with metrics_endpoint(port, address, node, role) as env:
+
+    with metrics_endpoint(port, address, node, role, extra) as env:
         return supervisor.run(command, env, role=role)
 
 
@@ -164,13 +169,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--address", default="0.0.0.0")
     parser.add_argument("--role", default="", help="what the command is (superlink, serverapp), for logs")
     parser.add_argument("--node", help="the node name to label node-level metrics with")
+    parser.add_argument("--flower-control", metavar="HOST:PORT",
+                        help="the SuperLink's Control API: report every SuperNode of its node list")
+    parser.add_argument("--flower-root-certificates", help="the CA certificate the Control API's TLS is signed by")
+    parser.add_argument("--flower-insecure", action="store_true", help="the Control API speaks plain HTTP")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --")
     configure_logging()
-    return supervise(command, args.port, args.address, args.node, role=args.role)
+    extra = []
+    if args.flower_control:
+        from app.ops.flower_nodes import FlowerNodesCollector, control_api_lister
+
+        lister = control_api_lister(args.flower_control, args.flower_root_certificates, args.flower_insecure)
+        extra.append(FlowerNodesCollector(lister).start())
+    return supervise(command, args.port, args.address, args.node, role=args.role, extra=extra)
 
 
 if __name__ == "__main__":

@@ -26,5 +26,5 @@ def recorded(msg: Message, context: Context) -> Message:
     return reply
 
 
-for register in (app.query, app.learning.train, app.learning.evaluate):  # every kind of message the project's ClientApp answers
+for register in (app.query, app.train, app.evaluate):  # every kind of message the project's ClientApp answers
     register()(recorded)
