@@ -4,14 +4,12 @@
 # host with the project installed, `flwr run . fedvla-compose --stream` does the same (README: "Submitting runs").
 #   FEDVLA_SUPERLINK_API   the SuperLink's Control API                     superlink:8000
 #   FEDVLA_RUN_CONFIG      run-config, 'key=value ...' (TOML values), appended to FEDVLA_RUN_CONFIG_BASE
+#   FEDVLA_SUBMIT_RECONNECT_SECONDS   how long the SuperLink may be unreachable in a row mid-run      600
 #   FEDVLA_INSECURE / FEDVLA_ROOT_CERTIFICATES   as for the other services
 set -eu
 . /usr/local/bin/flwr-connection
 
-RUN_CONFIG="${FEDVLA_RUN_CONFIG_BASE:-} ${FEDVLA_RUN_CONFIG:-}"
-run_id=$(flwr run /opt/fedvla fedvla-compose --run-config "$RUN_CONFIG" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["run-id"])')
-echo "submit: run $run_id submitted; following its log" >&2
-flwr log "$run_id" fedvla-compose --stream || true   # ends when the run ends
-status=$(flwr ls fedvla-compose --run-id "$run_id" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')
-echo "submit: run $run_id $status" >&2
-[ "$status" = "finished:completed" ]
+# app.ops.submit follows the run across a SuperLink restart and fails in one line (README: "Submitting runs").
+exec python3 -m app.ops.submit /opt/fedvla fedvla-compose \
+  --run-config "${FEDVLA_RUN_CONFIG_BASE:-} ${FEDVLA_RUN_CONFIG:-}" \
+  --reconnect-seconds "${FEDVLA_SUBMIT_RECONNECT_SECONDS:-600}"

@@ -44,6 +44,13 @@ SERVER_CHECKPOINT_SECONDS = _gauge("fedvla_server_checkpoint_save_seconds", "Tim
                                    SERVER_LABELS)
 SERVER_LAST_CHECKPOINT_ROUND = _gauge("fedvla_server_last_checkpoint_round", "Round of the last checkpoint saved",
                                       SERVER_LABELS)
+SERVER_CHECKPOINT_INTERVAL = _gauge("fedvla_server_checkpoint_interval_rounds", "Rounds between the run's checkpoints",
+                                    SERVER_LABELS)
+SERVER_ROUND_COMPLETED_AT = _gauge("fedvla_server_round_completed_timestamp_seconds",
+                                   "When the last round completed (unix time; the run's start before its first round)",
+                                   SERVER_LABELS)
+SERVER_EVALS_WITHOUT_IMPROVEMENT = _gauge("fedvla_server_evals_without_improvement",
+                                          "Server evaluations since the best server eval loss so far", SERVER_LABELS)
 
 # ClientApp: one set per run and node.
 NODE_ROUND = _gauge("fedvla_node_round", "Last round this node trained", NODE_LABELS)
@@ -72,6 +79,7 @@ def record_server_round(run_id: int, summary: Mapping, planned: int, sampled: in
     """A finished round, from the run report's round summary (app.learning.report.round_summary)."""
     run = str(run_id)
     SERVER_ROUND.labels(run).set(summary["round"])
+    SERVER_ROUND_COMPLETED_AT.labels(run).set_to_current_time()
     SERVER_ROUNDS_PLANNED.labels(run).set(planned)
     SERVER_ROUND_DURATION.labels(run).observe(summary["wall-seconds"])
     SERVER_TRAIN_LOSS.labels(run).set(summary["train-loss"])
@@ -85,11 +93,19 @@ def record_server_round(run_id: int, summary: Mapping, planned: int, sampled: in
     SERVER_RECEIVED_BYTES.labels(run).inc(summary.get("bytes-received", 0))
 
 
-def record_server_start(run_id: int, planned: int, initial_eval_loss: float, first_round: int) -> None:
+def record_server_start(run_id: int, planned: int, initial_eval_loss: float, first_round: int,
+                        checkpoint_interval: int) -> None:
     run = str(run_id)
     SERVER_ROUNDS_PLANNED.labels(run).set(planned)
     SERVER_ROUND.labels(run).set(first_round - 1)
+    SERVER_ROUND_COMPLETED_AT.labels(run).set_to_current_time()
     SERVER_EVAL_LOSS.labels(run).set(initial_eval_loss)
+    SERVER_CHECKPOINT_INTERVAL.labels(run).set(checkpoint_interval)
+    SERVER_LAST_CHECKPOINT_ROUND.labels(run).set(first_round - 1)  # where a carried-on run's weights came from
+
+
+def record_server_evaluation(run_id: int, evaluations_without_improvement: int) -> None:
+    SERVER_EVALS_WITHOUT_IMPROVEMENT.labels(str(run_id)).set(evaluations_without_improvement)
 
 
 def record_checkpoint(run_id: int, server_round: int, seconds: float) -> None:

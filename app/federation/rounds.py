@@ -174,6 +174,8 @@ class Federation:
             outputs.record_server_eval(server_round, server_eval)
         server_work = {"server-eval-seconds": time.perf_counter() - server_started}
         stop = server_eval is not None and self.early_stop.should_stop(server_eval["eval-loss"])
+        if server_eval is not None:
+            metrics.record_server_evaluation(self.run_id, self.early_stop.stale)
         if stop and not planned_last:  # no next round will carry the final model's evaluation
             final_eval = self._send_final_evaluate(server_round, arrays)
         if final_eval is not None:
@@ -235,7 +237,7 @@ class Federation:
             initial = self.model.evaluate(arrays, self.stats)
             outputs.record_server_eval(before, initial)
         metrics.record_server_start(self.run_id, self.config.num_server_rounds, initial["eval-loss"],
-                                    self.first_round)
+                                    self.first_round, self.config.checkpoint_interval)
         if self.tracker is not None:
             self.tracker.log_initial(initial["eval-loss"], before)
 

@@ -25,7 +25,7 @@ TRAIN_REPLY = {"train-loss": 0.9, "steps": 60, "num-examples": 480, "compute-sec
 
 
 def test_server_round_sets_every_round_metric():
-    metrics.record_server_start(901, planned=3, initial_eval_loss=2.5, first_round=1)
+    metrics.record_server_start(901, planned=3, initial_eval_loss=2.5, first_round=1, checkpoint_interval=2)
     metrics.record_server_round(901, SUMMARY, planned=3, sampled=3)
     metrics.record_checkpoint(901, 2, 0.25)
     value = lambda name, **labels: REGISTRY.get_sample_value(name, {"run_id": "901", **labels})  # noqa: E731

@@ -38,6 +38,7 @@ class Federation:
     prometheus: str
     outputs: Path
     submit_code: int
+    lost_at: float | None = None  # when test_a_node_is_lost froze operator_1
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
         result = subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=REPO, env=self.env,
@@ -136,6 +137,8 @@ def test_prometheus_scraped_the_server_and_every_node(federation):
     assert {r["metric"]["state"]: float(r["value"][1]) for r in federation.query("fedvla_server_round_nodes")} == {
         "sampled": 2, "replied": 2, "dropped": 0}
     assert [float(r["value"][1]) for r in federation.query("fedvla_server_last_checkpoint_round")] == [ROUNDS]
+    # Flower's node list, from the SuperLink's exporter: both SuperNodes online
+    assert [float(r["value"][1]) for r in federation.query("fedvla_superlink_node_online")] == [1.0, 1.0]
     for metric in ("fedvla_node_train_loss", "fedvla_node_train_samples_per_second", "fedvla_node_sent_bytes_total",
                    "fedvla_node_dataset_episodes", "fedvla_gpus", "fedvla_process_resident_memory_bytes"):
         nodes = {r["metric"]["node"] for r in federation.query(f'{metric}{{job="supernode"}}')}
@@ -154,6 +157,23 @@ def test_every_dashboard_panel_has_data(federation):
     assert len(exprs) >= 10
     empty = [expr for expr in exprs if not federation.query(expr)]
     assert empty == []
+
+
+def test_prometheus_loads_the_alert_rules_and_they_pass_their_tests(federation):
+    for check in (("check", "config", "/etc/prometheus/prometheus.yml"),
+                  ("test", "rules", "/etc/prometheus/alerts_test.yml")):
+        result = federation.compose("exec", "-T", "-w", "/etc/prometheus", "prometheus", "promtool", *check, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+    with urllib.request.urlopen(f"{federation.prometheus}/api/v1/rules", timeout=10) as response:
+        (group,) = json.load(response)["data"]["groups"]
+    assert len(group["rules"]) == 7 and all(rule["health"] == "ok" for rule in group["rules"]), group
+
+
+def test_a_node_is_lost(federation):
+    """operator_1's container is frozen from here on (no heartbeat, no scrape answer), as a hung robot PC or a cut
+    network leaves it; the tests after this one use operator_0 only, and the last checks what Prometheus made of it."""
+    federation.compose("pause", "supernode-1")
+    federation.lost_at = time.monotonic()
 
 
 @pytest.mark.parametrize(("service", "port"), [("superlink", 9402), ("serverapp", 9401), ("supernode-0", 9400)])
@@ -235,3 +255,18 @@ def test_no_private_key_reaches_a_log_or_an_image(federation, ledger):
         found += [f"{path} in fedvla-app:dev:{hit}" for hit in image_files_holding("fedvla-app:dev", body)]
     ledger.book("private keys in images and container logs", secrets_found=len(found))
     assert found == []
+
+
+def test_the_lost_node_stays_listed_offline_and_its_alert_fires(federation):
+    assert federation.lost_at is not None, "runs after test_a_node_is_lost"
+    deadline = federation.lost_at + 300  # Flower's heartbeat takes about a minute, the alert 30 s more
+    firing = []
+    while time.monotonic() < deadline and not firing:
+        with urllib.request.urlopen(f"{federation.prometheus}/api/v1/alerts", timeout=10) as response:
+            alerts = json.load(response)["data"]["alerts"]
+        firing = [a for a in alerts if a["labels"]["alertname"] == "FedvlaSuperNodeOffline" and a["state"] == "firing"]
+        time.sleep(5)
+    assert len(firing) == 1, alerts
+    online = {r["metric"]["node_id"]: float(r["value"][1]) for r in federation.query("fedvla_superlink_node_online")}
+    assert sorted(online.values()) == [0.0, 1.0] and online[firing[0]["labels"]["node_id"]] == 0.0
+    assert "is offline" in firing[0]["annotations"]["summary"]
