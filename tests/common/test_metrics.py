@@ -81,7 +81,13 @@ def test_ended_processes_figures_reach_the_exporter(tmp_path):
 def exported_metric_names(tmp_path) -> set[str]:
     metrics.record_node_eval(903, "bob", 1.0, 10)
     names = {f.name for f in text_string_to_metric_families(generate_latest(REGISTRY).decode())}
-    exporter = build_registry(str(tmp_path), node="bob")
+    from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=E0611
+
+    from app.ops.flower_nodes import FlowerNodesCollector
+
+    flower_nodes = FlowerNodesCollector(lambda: [NodeInfo(node_id=1, owner_name="op", status="online")])
+    flower_nodes.poll()  # what the SuperLink's exporter adds
+    exporter = build_registry(str(tmp_path), node="bob", extra=[flower_nodes])
     names |= {f.name for f in text_string_to_metric_families(generate_latest(exporter).decode())}
     names |= {"fedvla_gpu_utilization_ratio", "fedvla_gpu_memory_used_bytes", "fedvla_gpu_memory_total_bytes",
               "fedvla_gpu_power_watts", "fedvla_gpu_temperature_celsius"}  # only where NVML sees a GPU
