@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SubmitError as exc:
         sys.stderr.write(f"submit: error: {exc}\n")
         return 1
-    log.info("run_ended", run_id=run_id, status=status)
+    sys.stderr.write(f"submit: run {run_id} {status}\n")  # the service's answer, as its last line
     return 0 if status == COMPLETED else 1
 
 
