@@ -4,7 +4,6 @@ list it offline and for the alert to fire through the real Prometheus."""
 
 from __future__ import annotations
 
-
 from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=E0611
 from prometheus_client import CollectorRegistry, generate_latest
 
