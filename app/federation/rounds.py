@@ -216,7 +216,7 @@ class Federation:
         nodes are asked for their stats, and `resume-from` may name a checkpoint to start from (weights only)."""
         saved = load_round_state(self.outputs.root) if self.config.resume_from == LATEST else None
         if saved is None:
-            stats = self.collect_federated_stats()
+            stats = collect_federated_stats(self.grid, self.config, self.model.fingerprint)
             return stats, self.model.resume_from_checkpoint() + 1, {}
         state, saved_arrays, saved_optimizer = saved
         self.model.load(saved_arrays)
@@ -224,9 +224,6 @@ class Federation:
         log.info("run_continued", rounds_done=state.round, outputs=str(self.outputs.root),
                  server_optimizer_state=bool(saved_optimizer), weights_digest=self.model.digest())
         return state.norm_stats, state.round + 1, saved_optimizer
-
-    def collect_federated_stats(self) -> dict[str, list[float]]:
-        return collect_federated_stats(self.grid, self.config, self.model.fingerprint)
 
     def _evaluate_initial(self, arrays: ArrayRecord) -> None:
         """The starting model's server eval loss: the first point of every chart (kept from before an interruption)."""

@@ -41,16 +41,23 @@ def resolve_model(model: str) -> str:
         if not (path / "config.json").is_file():
             raise ModelError(f"model directory {str(path)!r} has no config.json: point at a save_pretrained directory")
         return str(path)
-    from app.learning.hub import hub_id_problem, unreachable_hub
-
-    if model.startswith(("/", ".", "~")) or (why := hub_id_problem(model)) is not None:
-        raise ModelError(f"model {model!r} is neither an existing directory nor a Hub id like lerobot/smolvla_base"
-                         + ("" if model.startswith(("/", ".", "~")) else f" ({why})"))
     from huggingface_hub import try_to_load_from_cache
 
-    if (problem := unreachable_hub(f"model {model!r}", isinstance(try_to_load_from_cache(model, "config.json"), str))):
+    from app.learning.hub import hub_id_problem, unreachable_hub
+
+    why = None if _names_a_path(model) else hub_id_problem(model)
+    if _names_a_path(model) or why is not None:
+        raise ModelError(f"model {model!r} is neither an existing directory nor a Hub id like lerobot/smolvla_base"
+                         + (f" ({why})" if why else ""))
+    cached = isinstance(try_to_load_from_cache(model, "config.json"), str)
+    if problem := unreachable_hub(f"model {model!r}", cached):
         raise ModelError(problem)
     return model
+
+
+def _names_a_path(model: str) -> bool:
+    """Written as a filesystem path (absolute, relative or home), whether or not it exists."""
+    return model.startswith(("/", ".", "~"))
 
 
 def public_model_name(model: str) -> str:
@@ -58,7 +65,7 @@ def public_model_name(model: str) -> str:
     it is, a local checkpoint directory by its directory name only."""
     model = model.strip()
     path = Path(model).expanduser()
-    if not model.startswith("embedded:") and (path.exists() or model.startswith(("/", ".", "~"))):
+    if not model.startswith("embedded:") and (path.exists() or _names_a_path(model)):
         return f"local:{path.resolve().name}"
     return model
 

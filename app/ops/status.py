@@ -32,13 +32,13 @@ class FederationStatus:
         return [node for node in self.nodes if node.get("status") == "online"]
 
 
-def _flwr() -> str:
+def flwr_command() -> str:
     return shutil.which("flwr") or str(Path(sys.executable).parent / "flwr")
 
 
 def ask_flwr(*args: str, connection: str = "") -> dict:
     """One `flwr ... --format json` answer; {"success": False, "error-message": ...} when there is none."""
-    command = [_flwr(), *args, *([connection] if connection else []), "--format", "json"]
+    command = [flwr_command(), *args, *([connection] if connection else []), "--format", "json"]
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=FLWR_TIMEOUT_SECONDS)
     except subprocess.TimeoutExpired:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from app.common.telemetry import configure_logging, get_logger
-from app.ops.status import ask_flwr
+from app.ops.status import ask_flwr, flwr_command
 
 log = get_logger("submit")
 COMPLETED = "finished:completed"
@@ -73,9 +73,7 @@ def follow(run_id: int, connection: str, reconnect_seconds: float, poll_seconds:
 
 def stream_log(run_id: int, connection: str) -> None:
     """Flower's own `flwr log --stream`: it ends when the run ends, or when the SuperLink goes away."""
-    from app.ops.status import _flwr
-
-    subprocess.run([_flwr(), "log", str(run_id), *([connection] if connection else []), "--stream"], check=False)
+    subprocess.run([flwr_command(), "log", str(run_id), *([connection] if connection else []), "--stream"], check=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
